@@ -28,6 +28,13 @@ def serve(
         Path | None,
         typer.Option(help="JSON list of rule principles (default: brevity and no_refusal). Env: MORLAIF_RULES_FILE."),
     ] = None,
+    scalarizer_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Default scalarizer of /get_reward: JSON {name, weights, params}, e.g. the weights.json "
+            "`morlaif pm eval` fits. Env: MORLAIF_SCALARIZER_FILE."
+        ),
+    ] = None,
     insecure_dev: Annotated[
         bool, typer.Option("--insecure-dev", help="Run without API keys: local development only.")
     ] = False,
@@ -51,6 +58,7 @@ def serve(
             "host": host,
             "port": port,
             "rules_file": rules_file,
+            "scalarizer_file": scalarizer_file,
         }.items()
         if v is not None
     }

@@ -54,6 +54,25 @@ class ServerSettings(BaseSettings):
     default_scalarizer: str = "linear"
     default_weights: dict[str, float] | None = None
     default_scalarizer_params: dict[str, Any] = Field(default_factory=dict)
+    scalarizer_file: Path | None = Field(
+        default=None,
+        description="JSON {name, weights, params} (e.g. the weights `morlaif pm eval` fits): overrides the "
+        "three default_scalarizer settings.",
+    )
+
+    @model_validator(mode="after")
+    def _scalarizer_file(self) -> ServerSettings:
+        if self.scalarizer_file is not None:
+            from morlaif.protocol import ScalarizerSpec
+
+            try:
+                spec = ScalarizerSpec.from_file(self.scalarizer_file)
+            except ValueError as e:
+                raise SettingsError(str(e)) from e
+            self.default_scalarizer = spec.name
+            self.default_weights = spec.weights
+            self.default_scalarizer_params = dict(spec.params)
+        return self
 
     @model_validator(mode="after")
     def _secure(self) -> ServerSettings:

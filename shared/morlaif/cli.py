@@ -11,6 +11,7 @@ import typer
 
 from feedback_worker.cli import app as feedback_app
 from pm_server.cli import serve
+from pm_server.pm_cli import app as pm_app
 
 app = typer.Typer(
     name="morlaif",
@@ -21,6 +22,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve)
 app.add_typer(feedback_app, name="feedback")
+app.add_typer(pm_app, name="pm")
 
 
 def _json_option(value: str | None, name: str) -> Any:

@@ -28,8 +28,10 @@ from pydantic import BaseModel
 
 from morlaif.errors import APIStatusError, RetriesExhaustedError
 from morlaif.protocol import (
+    AdapterAction,
     CompareRequest,
     CompareResponse,
+    LoadAdapterRequest,
     PrinciplesResponse,
     ScalarizerSpec,
     ScoreItem,
@@ -252,6 +254,13 @@ class MorlaifClient(_Base):
 
     def principles(self) -> PrinciplesResponse:
         return self._request("GET", "/v1/principles", PrinciplesResponse)
+
+    def load_adapter(self, name: str, *, version: str | None = None) -> AdapterAction:
+        """Admin: load (or hot-swap to) a package version from the server's adapter root.
+
+        Needs a client made with the admin key. Requests in flight finish on the version they started with.
+        """
+        return self._request("POST", "/v1/adapters", AdapterAction, LoadAdapterRequest(name=name, version=version))
 
 
 class AsyncMorlaifClient(_Base):

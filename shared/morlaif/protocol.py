@@ -6,9 +6,10 @@ Every error the server returns has the shape of `ErrorResponse`:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from morlaif.principles import PRINCIPLE_NAME_RE
 
@@ -110,6 +111,19 @@ class ScalarizerSpec(_Model):
         "names no principles, these keys choose them.",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="Scalarizer parameters, e.g. temperature.")
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> ScalarizerSpec:
+        """A scalarizer file (``{"name", "weights", "params"}``, as `morlaif pm eval` writes the fitted weights)."""
+        path = Path(path)
+        try:
+            return cls.model_validate_json(path.read_bytes())
+        except OSError as e:
+            raise ValueError(f"{path}: cannot read the scalarizer file: {e.strerror}") from e
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(x) for x in first["loc"]) or "file"
+            raise ValueError(f"{path}: {loc}: {first['msg']}") from e
 
 
 class ScoreRequest(_Model):

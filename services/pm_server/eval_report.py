@@ -1,0 +1,166 @@
+"""`morlaif pm eval`'s figures (PNG) and the markdown report that ties them together."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pm_server.evaluation import fmt
+
+__all__ = ["write_figures", "write_markdown"]
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _bars(ax: Any, labels: list[str], entries: list[dict[str, Any]], color: str) -> None:
+    vals = [e["accuracy"] for e in entries]
+    lo = [e["accuracy"] - e["ci95"][0] for e in entries]
+    hi = [e["ci95"][1] - e["accuracy"] for e in entries]
+    ax.bar(range(len(labels)), vals, yerr=[lo, hi], capsize=4, color=color)
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right")
+    ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy (95% interval)")
+
+
+def write_figures(result: dict[str, Any], out_dir: Path) -> list[Path]:
+    """principles.png, scalarizers.png and agreement.png (those the result has data for)."""
+    plt = _plt()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    per = result.get("per_principle") or []
+    if per:
+        fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(per)), 4))
+        width = 0.2
+        kinds = [
+            ("pm", "PM", "tab:blue"),
+            ("longer_wins", "longer wins", "tab:orange"),
+            ("untrained_head", "untrained head", "tab:grey"),
+            ("coin_flip", "coin flip", "lightgrey"),
+        ]
+        for k, (key, label, color) in enumerate(kinds):
+            xs = [i + (k - 1.5) * width for i in range(len(per))]
+            vals = [r[key]["accuracy"] for r in per]
+            err = [
+                [r[key]["accuracy"] - r[key]["ci95"][0] for r in per],
+                [r[key]["ci95"][1] - r[key]["accuracy"] for r in per],
+            ]
+            ax.bar(xs, vals, width, yerr=err, capsize=2, label=label, color=color)
+        ax.set_xticks(range(len(per)), [r["principle"] for r in per], rotation=20, ha="right")
+        ax.axhline(0.5, color="grey", linestyle=":", linewidth=1)
+        ax.set_ylim(0, 1)
+        ax.set_ylabel("accuracy on the principle's pairs (95% interval)")
+        ax.set_title("Per-principle PM accuracy against baselines")
+        ax.legend(fontsize=8, loc="lower right")
+        fig.tight_layout()
+        written.append(out_dir / "principles.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    mo = result.get("multi_objective")
+    if mo and mo.get("per_scalarizer"):
+        labels = list(mo["per_scalarizer"])
+        entries = [mo["per_scalarizer"][k] for k in labels]
+        colors = ["tab:blue"] * len(labels)
+        for key, label, color in (("single_pm", "single PM", "tab:red"), ("longer_wins", "longer wins", "tab:orange")):
+            if mo.get(key):
+                labels.append(label if key != "single_pm" else f"single PM ({mo[key]['name']})")
+                entries.append(mo[key])
+                colors.append(color)
+        fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(labels)), 4))
+        _bars(ax, labels, entries, "tab:blue")
+        for patch, c in zip(ax.patches, colors, strict=False):
+            patch.set_color(c)
+        ax.set_title(
+            f"Human-preference accuracy on {mo['test_pairs']} held-out pairs (weights fitted on {mo['fit_pairs']})"
+        )
+        fig.tight_layout()
+        written.append(out_dir / "scalarizers.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    agree = result.get("agreement")
+    if agree and agree.get("names"):
+        names, m = agree["names"], agree["matrix"]
+        fig, ax = plt.subplots(figsize=(1.2 * len(names) + 2, 1.0 * len(names) + 1.5))
+        im = ax.imshow(m, vmin=0, vmax=1, cmap="viridis")
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+        ax.set_yticks(range(len(names)), names)
+        for i in range(len(names)):
+            for j in range(len(names)):
+                ax.text(j, i, f"{m[i][j]:.2f}", ha="center", va="center", color="white" if m[i][j] < 0.6 else "black")
+        fig.colorbar(im, ax=ax, label="share of pairs where both prefer the same response")
+        ax.set_title(f"Principle agreement on {agree['pairs']} pairs")
+        fig.tight_layout()
+        written.append(out_dir / "agreement.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written
+
+
+def write_markdown(result: dict[str, Any], out_dir: Path, figures: list[Path]) -> Path:
+    """report.md: the tables behind the figures, and what was evaluated on what."""
+    lines = ["# PM evaluation", ""]
+    lines += [
+        f"- base: `{result['base']}` (config {result['base_config_hash']})",
+        f"- adapter root: `{result['adapter_root']}`",
+    ]
+    for d in result.get("data", []):
+        lines.append(f"- data: `{d}`")
+    lines.append("")
+    per = result.get("per_principle") or []
+    if per:
+        lines += ["## Accuracy per principle", "", "Accuracy on each principle's own pairs, 95% Wilson interval.", ""]
+        if result.get("validation_only"):
+            lines += ["Only the prompts each package held out for validation are used.", ""]
+        lines += [
+            "| principle | version | pairs | PM | longer wins | untrained head | coin flip |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in per:
+            lines.append(
+                f"| {r['principle']} | {r['version']} | {r['pm']['n']} | {fmt(r['pm'])} | {fmt(r['longer_wins'])} "
+                f"| {fmt(r['untrained_head'])} | {fmt(r['coin_flip'])} |"
+            )
+        lines.append("")
+    mo = result.get("multi_objective")
+    if mo:
+        lines += [
+            "## Multi-objective accuracy on human preferences",
+            "",
+            f"Non-negative linear weights fitted by logistic regression on {mo['fit_pairs']} pairs; accuracy on "
+            f"{mo['test_pairs']} pairs of other prompts.",
+            "",
+            "| weight | " + " | ".join(mo["principles"]) + " |",
+            "|---|" + "---|" * len(mo["principles"]),
+            "| fitted | " + " | ".join(f"{mo['weights'][p]:.3f}" for p in mo["principles"]) + " |",
+            "",
+            "| scorer | test accuracy |",
+            "|---|---|",
+        ]
+        for k, v in mo["per_scalarizer"].items():
+            lines.append(f"| scalarizer `{k}` | {fmt(v)} |")
+        for k, v in mo["per_principle"].items():
+            lines.append(f"| principle `{k}` alone | {fmt(v)} |")
+        if mo.get("single_pm"):
+            lines.append(f"| single PM `{mo['single_pm']['name']}` | {fmt(mo['single_pm'])} |")
+        if mo.get("longer_wins"):
+            lines.append(f"| longer wins | {fmt(mo['longer_wins'])} |")
+        lines.append("")
+        if result.get("scalarizer_file"):
+            lines += [
+                f"Fitted weights written to `{result['scalarizer_file']}` (serve with `MORLAIF_SCALARIZER_FILE`).",
+                "",
+            ]
+    if figures:
+        lines += ["## Figures", ""]
+        lines += [f"![{f.stem}]({f.name})" for f in figures]
+        lines.append("")
+    path = out_dir / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,292 @@
+"""PM evaluation: per-principle accuracy with baselines, and multi-objective accuracy on human preferences.
+
+* Per principle: how often a package prefers the labelled side of its own principle's pairs, with a 95%
+  Wilson interval, next to three baselines: the longer response wins, the base's untrained head, a coin.
+* Multi-objective (MORLAIF's PM_regression): per-principle score differences (chosen - rejected) on human
+  preference pairs are split by prompt into a fitting part and a test part; non-negative linear weights are
+  fitted by logistic regression on the fitting part, and every scalarizer of `morlaif.scalarize` is scored
+  with those weights on the test part, beside a single PM trained on all principles' data pooled.
+
+Weights are non-negative because every monotone scalarizer needs them so: a principle whose PM points
+the wrong way on human preferences gets weight 0 rather than a reward that falls as it improves.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from morlaif.protocol import ScalarizerSpec
+from morlaif.scalarize import SCALARIZERS, scalarize
+from pm_server.engine import BASE_ADAPTER, Row, ScoringEngine
+from pm_server.modeling import BaseModel
+from pm_server.package import CheckedPackage, check_package, resolve_package_dir
+from pm_server.pairs import Pair, split_by_prompt
+from pm_server.template import InputTemplate, TemplateEncoder
+from pm_server.training import wilson_interval
+
+__all__ = [
+    "Accuracy",
+    "PackageScorer",
+    "MultiObjectiveResult",
+    "accuracy",
+    "agreement_matrix",
+    "fit_weights",
+    "multi_objective",
+    "write_scalarizer_file",
+]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Accuracy:
+    value: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, margins: torch.Tensor) -> Accuracy:
+        """From score margins (labelled side minus other side): > 0 right, 0 half, < 0 wrong."""
+        n = int(margins.numel())
+        acc = float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean()) if n else float("nan")
+        lo, hi = wilson_interval(acc, n) if n else (float("nan"), float("nan"))
+        return cls(value=acc, low=lo, high=hi, n=n)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"accuracy": round(self.value, 4), "ci95": [round(self.low, 4), round(self.high, 4)], "n": self.n}
+
+
+def accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> Accuracy:
+    return Accuracy.of(chosen - rejected)
+
+
+class PackageScorer:
+    """Loads packages onto one base in-process and scores (prompt, response) lists, batched by length."""
+
+    def __init__(self, base: BaseModel, root: Path, *, max_batch_tokens: int = 8192, max_rows: int = 64) -> None:
+        self.base = base
+        self.root = root
+        self.engine = ScoringEngine(base)
+        self.packages: dict[str, CheckedPackage] = {}
+        self._ids: dict[str, str] = {}
+        self._encoders: dict[InputTemplate, TemplateEncoder] = {}
+        self.max_batch_tokens = max_batch_tokens
+        self.max_rows = max_rows
+
+    def load(self, name: str, version: str | None = None) -> CheckedPackage:
+        pkg_dir = resolve_package_dir(self.root, name, version=version)
+        pkg = check_package(self.root, pkg_dir, expect_name=name, base_config_hash=self.base.config_hash)
+        internal = f"pkg{len(self._ids)}"  # PEFT mangles adapter names like "bias": keep principle names out
+        self.engine.load_adapter(pkg.path, internal)
+        self.packages[name], self._ids[name] = pkg, internal
+        return pkg
+
+    def _encoder(self, template: InputTemplate) -> TemplateEncoder:
+        if template not in self._encoders:
+            self._encoders[template] = TemplateEncoder(self.base.tokenizer, template)
+        return self._encoders[template]
+
+    def raw(
+        self,
+        name: str | None,
+        prompts: Sequence[str],
+        responses: Sequence[str],
+        *,
+        template: InputTemplate | None = None,
+    ) -> torch.Tensor:
+        """Raw scores of package `name` (None: the base's untrained head, with `template`)."""
+        if name is None:
+            adapter, tpl = BASE_ADAPTER, template or self.base.default_template
+        else:
+            adapter, tpl = self._ids[name], self.packages[name].manifest.template
+        enc = self._encoder(tpl)
+        rows = [enc.encode(p, r) for p, r in zip(prompts, responses, strict=True)]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        out = torch.empty(len(rows))
+        i = 0
+        while i < len(order):
+            j = i + 1
+            while (
+                j < len(order) and j - i < self.max_rows and len(rows[order[j]]) * (j - i + 1) <= self.max_batch_tokens
+            ):
+                j += 1
+            idx = order[i:j]
+            scores = self.engine.score([Row(rows[k].input_ids, rows[k].token_type_ids, adapter) for k in idx])
+            out[idx] = torch.tensor(scores)
+            i = j
+        return out
+
+    def normalized(self, name: str, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
+        """Scores standardised by the package's calibration, as the server returns them by default."""
+        cal = self.packages[name].manifest.calibration
+        return (self.raw(name, prompts, responses) - cal.mean) / cal.std
+
+    def pair_scores(self, name: str | None, pairs: Sequence[Pair], *, normalized: bool = True) -> torch.Tensor:
+        """(N, 2) scores of chosen and rejected."""
+        prompts = [p.prompt for p in pairs] * 2
+        responses = [p.chosen for p in pairs] + [p.rejected for p in pairs]
+        if name is not None and normalized:
+            s = self.normalized(name, prompts, responses)
+        else:
+            template = next(iter(self.packages.values())).manifest.template if self.packages else None
+            s = self.raw(name, prompts, responses, template=template)
+        return torch.stack([s[: len(pairs)], s[len(pairs) :]], dim=1)
+
+
+def labelled_margins(scores: torch.Tensor, pairs: Sequence[Pair]) -> torch.Tensor:
+    """Margin of the labelled side: chosen - rejected where p >= 0.5, else the reverse."""
+    d = scores[:, 0] - scores[:, 1]
+    p = torch.tensor([x.p for x in pairs])
+    return torch.where(p >= 0.5, d, -d)
+
+
+def length_margins(pairs: Sequence[Pair]) -> torch.Tensor:
+    """The "longer response wins" baseline, in characters."""
+    d = torch.tensor([float(len(x.chosen) - len(x.rejected)) for x in pairs])
+    p = torch.tensor([x.p for x in pairs])
+    return torch.where(p >= 0.5, d, -d)
+
+
+def coin_flip(n: int, seed: int = 0) -> Accuracy:
+    """A fair coin on n pairs: what chance alone scores, with its own spread."""
+    g = torch.Generator().manual_seed(seed)
+    return Accuracy.of(torch.randint(0, 2, (n,), generator=g).float() * 2 - 1)
+
+
+def principle_report(scorer: PackageScorer, name: str, pairs: Sequence[Pair]) -> dict[str, Any]:
+    """Accuracy of package `name` on `pairs` and the three baselines."""
+    pm = Accuracy.of(labelled_margins(scorer.pair_scores(name, pairs), pairs))
+    untrained = Accuracy.of(labelled_margins(scorer.pair_scores(None, pairs), pairs))
+    return {
+        "principle": name,
+        "version": scorer.packages[name].version,
+        "pm": pm.to_dict(),
+        "longer_wins": Accuracy.of(length_margins(pairs)).to_dict(),
+        "untrained_head": untrained.to_dict(),
+        "coin_flip": coin_flip(len(pairs)).to_dict(),
+    }
+
+
+# ------------------------------------------------------------------------------------ multi-objective
+def fit_weights(diffs: torch.Tensor, *, l2: float = 1e-3, steps: int = 2000, lr: float = 0.05) -> torch.Tensor:
+    """Non-negative w maximising sum log s(diffs @ w) - l2 |w|^2: logistic regression without intercept.
+
+    `diffs` is (N, P): per-principle score of the human-preferred response minus the other's. Without an
+    intercept the model is symmetric (swapping a pair flips the sign), as a preference should be.
+    Projected gradient descent: the problem is convex and P is small.
+    """
+    x = diffs.double()
+    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([w], lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = -torch.nn.functional.logsigmoid(x @ w).mean() + l2 * (w * w).sum()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            w.clamp_(min=0.0)
+    return w.detach().float()
+
+
+def agreement_matrix(margins: dict[str, torch.Tensor]) -> tuple[list[str], list[list[float]]]:
+    """How often two principles prefer the same response of a pair (sign of their score differences)."""
+    names = list(margins)
+    m = [[float(((margins[a] > 0) == (margins[b] > 0)).float().mean()) for b in names] for a in names]
+    return names, m
+
+
+@dataclass(kw_only=True)
+class MultiObjectiveResult:
+    principles: list[str]
+    weights: dict[str, float]
+    fit_pairs: int
+    test_pairs: int
+    per_scalarizer: dict[str, Accuracy] = field(default_factory=dict)
+    per_principle: dict[str, Accuracy] = field(default_factory=dict)
+    single_pm: Accuracy | None = None
+    single_pm_name: str | None = None
+    longer_wins: Accuracy | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "principles": self.principles,
+            "weights": self.weights,
+            "fit_pairs": self.fit_pairs,
+            "test_pairs": self.test_pairs,
+            "per_scalarizer": {k: v.to_dict() for k, v in self.per_scalarizer.items()},
+            "per_principle": {k: v.to_dict() for k, v in self.per_principle.items()},
+            "single_pm": None if self.single_pm is None else {"name": self.single_pm_name, **self.single_pm.to_dict()},
+            "longer_wins": None if self.longer_wins is None else self.longer_wins.to_dict(),
+        }
+
+
+def multi_objective(
+    scorer: PackageScorer,
+    principles: Sequence[str],
+    human: Sequence[Pair],
+    *,
+    fit_fraction: float = 0.5,
+    single_pm: str | None = None,
+    salt: str = "fit",
+) -> MultiObjectiveResult:
+    """Fit weights on a fitting split of `human` (by prompt), report test accuracy per scalarizer."""
+    test, fit = split_by_prompt(human, fit_fraction, salt=salt)
+    if not fit or not test:
+        raise ValueError(f"{len(human)} human pairs are too few to split into fitting and test prompts")
+    names = list(principles)
+
+    def scores(part: Sequence[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
+        s = torch.stack([scorer.pair_scores(n, part) for n in names], dim=2)  # (N, 2, P)
+        return s[:, 0, :], s[:, 1, :]
+
+    fit_c, fit_r = scores(fit)
+    w = fit_weights(fit_c - fit_r)
+    if float(w.sum()) <= 0:
+        logger.warning("no principle's PM agrees with the fitting pairs; falling back to equal weights")
+        w = torch.ones(len(names))
+    weights = {n: round(float(x), 6) for n, x in zip(names, w, strict=True)}
+    test_c, test_r = scores(test)
+    res = MultiObjectiveResult(principles=names, weights=weights, fit_pairs=len(fit), test_pairs=len(test))
+    for sname, info in SCALARIZERS.items():
+        try:
+            a = scalarize(test_c, names, name=sname, weights=weights)
+            b = scalarize(test_r, names, name=sname, weights=weights)
+        except Exception as e:  # a scalarizer that needs parameters we cannot guess is skipped, and said so
+            logger.warning("scalarizer %s skipped: %s", sname, e)
+            continue
+        res.per_scalarizer[sname] = accuracy(a, b)
+        del info
+    for i, n in enumerate(names):
+        res.per_principle[n] = accuracy(test_c[:, i], test_r[:, i])
+    if single_pm is not None:
+        s = scorer.pair_scores(single_pm, test)
+        res.single_pm, res.single_pm_name = accuracy(s[:, 0], s[:, 1]), single_pm
+    res.longer_wins = Accuracy.of(length_margins(test))
+    return res
+
+
+def write_scalarizer_file(path: Path, weights: dict[str, float], *, name: str = "linear", **extra: Any) -> None:
+    """The fitted weights as a scalarizer file: `MORLAIF_SCALARIZER_FILE` of the server, the trainer's too."""
+    spec = ScalarizerSpec(name=name, weights=weights)
+    body = json.loads(spec.model_dump_json())
+    body.update(extra)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(body, indent=2) + "\n")
+
+
+def fmt(a: Accuracy | dict[str, Any]) -> str:
+    if isinstance(a, Accuracy):
+        a = a.to_dict()
+    lo, hi = a["ci95"]
+    if any(math.isnan(x) for x in (a["accuracy"], lo, hi)):
+        return "n/a"
+    return f"{a['accuracy']:.3f} [{lo:.3f}, {hi:.3f}]"

@@ -1,0 +1,188 @@
+"""Preference pairs for PM training and evaluation: read from files or the label store, split by prompt.
+
+A data spec names a file, optionally with the principle its pairs are for: ``path`` or ``principle=path``.
+
+* Pair JSONL (``../shared/data/*.jsonl``, ``morlaif feedback export``): ``{"prompt", "chosen", "rejected"}``
+  a line, with optional ``principle``, ``source``, ``p`` (the judge's probability that chosen is better;
+  1 when absent) and ``margin``.
+* Anthropic HH-RLHF in its native format (``{"chosen", "rejected"}`` transcripts, ``.jsonl`` or ``.jsonl.gz``):
+  the principle must be given in the spec, e.g. ``harmlessness=harmless-base-dev.jsonl.gz``.
+
+Splits are by prompt, never by pair: all pairs of one prompt land on the same side, so validation
+accuracy measures generalisation to new prompts, not memory of a prompt's other pairs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from morlaif.jsonl import JsonlError, iter_objects
+from morlaif.principles import PRINCIPLE_NAME_RE
+from morlaif.store.importers import detect_format, read_hh
+
+__all__ = [
+    "DataSpec",
+    "Pair",
+    "PairDataError",
+    "file_sha256",
+    "parse_spec",
+    "prompt_bucket",
+    "read_pairs",
+    "split_by_prompt",
+    "store_pairs",
+    "summarize",
+]
+
+
+class PairDataError(JsonlError):
+    """A data spec or a record that cannot be used; the message names the file (and line)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One comparison: `chosen` is better than `rejected` with probability `p` under `principle`."""
+
+    prompt: str
+    chosen: str
+    rejected: str
+    p: float = 1.0
+    margin: float = 0.0
+    principle: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DataSpec:
+    path: Path
+    principle: str | None
+
+    def __str__(self) -> str:
+        return f"{self.principle}={self.path}" if self.principle else str(self.path)
+
+
+def parse_spec(spec: str) -> DataSpec:
+    """``path`` or ``principle=path``; the file must exist."""
+    principle: str | None = None
+    head, sep, tail = spec.partition("=")
+    if sep and PRINCIPLE_NAME_RE.match(head) and not Path(spec).exists():
+        principle, spec = head, tail
+    path = Path(spec)
+    if not path.is_file():
+        raise PairDataError(f"{path}: no such data file")
+    return DataSpec(path=path, principle=principle)
+
+
+def _unit_float(path: Path, n: int, obj: dict, key: str, default: float, *, upper: float | None) -> float:
+    v = obj.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise PairDataError(f"{path}:{n}: field {key!r} must be a finite number, got {v!r}")
+    if v < 0 or (upper is not None and v > upper):
+        raise PairDataError(f"{path}:{n}: field {key!r} must be in [0, {upper if upper is not None else 'inf'}]")
+    return float(v)
+
+
+def read_pairs(spec: DataSpec | str) -> list[Pair]:
+    """Every pair of one data file (pair JSONL or HH-RLHF); errors name `file:line`."""
+    if isinstance(spec, str):
+        spec = parse_spec(spec)
+    path = spec.path
+    try:
+        fmt = detect_format(path)
+    except JsonlError as e:
+        raise PairDataError(str(e)) from e
+    if fmt == "hh":
+        if spec.principle is None:
+            raise PairDataError(f"{path}: HH-RLHF transcripts carry no principle; give one as principle={path}")
+        try:
+            return [
+                Pair(prompt=r.prompt, chosen=r.chosen, rejected=r.rejected, principle=r.principle, source=r.source)
+                for r in read_hh(path, principle=spec.principle)
+            ]
+        except JsonlError as e:
+            raise PairDataError(str(e)) from e
+    out = []
+    for n, obj in iter_objects(path):
+        missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(obj.get(k), str)]
+        if missing:
+            raise PairDataError(f"{path}:{n}: missing or non-string field(s): {', '.join(missing)}")
+        principle = spec.principle or obj.get("principle")
+        if not isinstance(principle, str) or not PRINCIPLE_NAME_RE.match(principle):
+            raise PairDataError(f"{path}:{n}: no valid principle on the line; give one as principle={path}")
+        out.append(
+            Pair(
+                prompt=obj["prompt"],
+                chosen=obj["chosen"],
+                rejected=obj["rejected"],
+                p=_unit_float(path, n, obj, "p", 1.0, upper=1.0),
+                margin=_unit_float(path, n, obj, "margin", 0.0, upper=None),
+                principle=principle,
+                source=str(obj.get("source", path.stem)),
+            )
+        )
+    return out
+
+
+def store_pairs(url: str, principle: str, *, judge: str | None = None) -> list[Pair]:
+    """The judge's labels of `principle` in the label store, the favoured response as `chosen`."""
+    from morlaif.store import open_store
+
+    out = []
+    with open_store(url) as store:
+        for row in store.labels(principle, judge=judge):
+            a_wins = row["p_a"] >= 0.5
+            out.append(
+                Pair(
+                    prompt=row["prompt"],
+                    chosen=row["response_a"] if a_wins else row["response_b"],
+                    rejected=row["response_b"] if a_wins else row["response_a"],
+                    p=row["p_a"] if a_wins else 1.0 - row["p_a"],
+                    principle=principle,
+                    source=f"store:{row['judge']}",
+                )
+            )
+    return out
+
+
+def prompt_bucket(prompt: str, salt: str = "") -> float:
+    """A number in [0, 1) fixed by the prompt's text: the same prompt always falls in the same split."""
+    h = hashlib.sha256(f"{salt}\x00{prompt}".encode()).digest()
+    return int.from_bytes(h[:8], "big") / 2**64
+
+
+def split_by_prompt(pairs: Sequence[Pair], fraction: float, *, salt: str = "") -> tuple[list[Pair], list[Pair]]:
+    """(rest, held out): about `fraction` of the prompts, with all their pairs, are held out."""
+    rest, held = [], []
+    for pair in pairs:
+        (held if prompt_bucket(pair.prompt, salt) < fraction else rest).append(pair)
+    return rest, held
+
+
+def shuffled(pairs: Iterable[Pair], seed: int) -> list[Pair]:
+    out = list(pairs)
+    random.Random(seed).shuffle(out)
+    return out
+
+
+def summarize(pairs: Sequence[Pair]) -> dict[str, object]:
+    """Counts for provenance: pairs, prompts, pairs per source and per principle, soft labels."""
+    return {
+        "pairs": len(pairs),
+        "prompts": len({p.prompt for p in pairs}),
+        "by_source": dict(sorted(Counter(p.source for p in pairs).items())),
+        "by_principle": dict(sorted(Counter(p.principle for p in pairs).items())),
+        "soft_labels": sum(1 for p in pairs if p.p < 1.0),
+    }
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,262 @@
+"""PM training on tiny real models: the loss, learning a synthetic principle, packages, calibration, resume."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pm_server.api import create_app
+from pm_server.config import ServerSettings
+from pm_server.evaluation import PackageScorer, accuracy, fit_weights
+from pm_server.modeling import load_base
+from pm_server.package import check_package
+from pm_server.pairs import Pair, split_by_prompt
+from pm_server.training import TrainConfig, TrainError, bradley_terry_loss, default_layers, pair_accuracy, train_pm
+
+WORDS = "the a cat dog sun rain river stone green quick slow blue music paper tree house light".split()
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def please_pairs(n: int, seed: int = 0) -> list[Pair]:
+    """Synthetic principle "politeness": the response containing the word "please" is better."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        prompt = f"request {i}: {sentence(rng, 4)}"
+        plain = sentence(rng, rng.randint(4, 9))
+        words = plain.split()
+        words.insert(rng.randint(0, len(words)), "please")
+        polite = " ".join(words)
+        if rng.random() < 0.5:  # make length useless: the plain one is often the longer
+            plain = plain + " " + sentence(rng, 3)
+        out.append(Pair(prompt=prompt, chosen=polite, rejected=plain, principle="politeness", source="synthetic"))
+    return out
+
+
+FAST = {"epochs": 3, "batch_size": 16, "learning_rate": 3e-3, "lora_r": 8, "max_length": 64, "device": "cpu"}
+
+
+# ------------------------------------------------------------------------------------------- maths
+def test_bradley_terry_loss_hand_computed():
+    c, r = torch.tensor([0.0, 2.0, 2.0, 1.0]), torch.tensor([0.0, 0.0, 0.0, 0.0])
+    # d = 0: log 2 whatever p
+    assert float(bradley_terry_loss(c[:1], r[:1], torch.tensor([1.0]))) == pytest.approx(math.log(2))
+    assert float(bradley_terry_loss(c[:1], r[:1], torch.tensor([0.3]))) == pytest.approx(math.log(2))
+    # hard label, d = 2: log(1 + e^-2)
+    assert float(bradley_terry_loss(c[1:2], r[1:2], torch.tensor([1.0]))) == pytest.approx(math.log1p(math.exp(-2)))
+    # soft label p = 0.75, d = 2: 0.75 log(1 + e^-2) + 0.25 log(1 + e^2)
+    want = 0.75 * math.log1p(math.exp(-2)) + 0.25 * math.log1p(math.exp(2))
+    assert float(bradley_terry_loss(c[2:3], r[2:3], torch.tensor([0.75]))) == pytest.approx(want)
+    # margin 1 with d = 1 is as if d were 0
+    assert float(bradley_terry_loss(c[3:], r[3:], torch.tensor([1.0]), torch.tensor([1.0]))) == pytest.approx(
+        math.log(2)
+    )
+    # the mean over a batch
+    both = bradley_terry_loss(c[:2], r[:2], torch.tensor([1.0, 1.0]))
+    assert float(both) == pytest.approx((math.log(2) + math.log1p(math.exp(-2))) / 2)
+    # p = 0.5 is minimised at d = 0: the gradient there is zero
+    d = torch.tensor([0.0], requires_grad=True)
+    bradley_terry_loss(d, torch.tensor([0.0]), torch.tensor([0.5])).backward()
+    assert float(d.grad) == pytest.approx(0.0)
+
+
+def test_pair_accuracy_follows_the_label_side_and_halves_ties():
+    c, r = torch.tensor([1.0, 0.0, 0.0, 2.0]), torch.tensor([0.0, 1.0, 0.0, 1.0])
+    p = torch.tensor([1.0, 1.0, 1.0, 0.2])  # last: the label favours "rejected"
+    assert pair_accuracy(c, r, p) == pytest.approx((1 + 0 + 0.5 + 0) / 4)
+
+
+def test_split_by_prompt_keeps_each_prompts_pairs_together():
+    pairs = [Pair(prompt=f"q{i % 40}", chosen=f"a{i}", rejected=f"b{i}") for i in range(400)]
+    rest, held = split_by_prompt(pairs, 0.25, salt="x")
+    assert {p.prompt for p in rest}.isdisjoint({p.prompt for p in held})
+    assert 4 <= len({p.prompt for p in held}) <= 18  # about a quarter of 40 prompts
+    again, _ = split_by_prompt(list(reversed(pairs)), 0.25, salt="x")
+    assert {p.prompt for p in again} == {p.prompt for p in rest}  # order does not matter
+    other, _ = split_by_prompt(pairs, 0.25, salt="y")
+    assert {p.prompt for p in other} != {p.prompt for p in rest}
+
+
+def test_default_layers_are_the_upper_half():
+    assert default_layers(6) == [3, 4, 5]
+    assert default_layers(2) == [1]
+
+
+def test_fit_weights_gives_zero_weight_to_a_principle_that_points_the_wrong_way():
+    g = torch.Generator().manual_seed(0)
+    good = torch.randn(400, generator=g).abs() + 0.1  # always favours the preferred response
+    bad = -good + 0.3 * torch.randn(400, generator=g)  # mostly the other way
+    noise = torch.randn(400, generator=g)
+    w = fit_weights(torch.stack([good, bad, noise], dim=1))
+    assert w[0] > 0.5 and w[1] == 0.0 and w[2] < w[0] / 5
+
+
+# ---------------------------------------------------------------------------------------- training
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, tiny_encoder_dir):
+    """One politeness PM, trained once for the tests below."""
+    tmp = tmp_path_factory.mktemp("train")
+    pairs = please_pairs(360)
+    result = train_pm(
+        pairs,
+        principle="politeness",
+        config=TrainConfig(base=str(tiny_encoder_dir), **FAST),
+        out_root=tmp / "adapters",
+        run_dir=tmp / "run",
+        version="v1",
+        progress=False,
+    )
+    return result, pairs, tmp
+
+
+def test_pm_learns_a_synthetic_principle(trained):
+    result, _, _ = trained
+    assert result.metrics["val_accuracy"] > 0.95, result.metrics
+    assert result.metrics["val_pairs"] > 20
+    hist = result.history
+    assert hist[-1]["val_loss"] < hist[0]["val_loss"] < math.log(2)
+
+
+def test_package_is_complete_and_passes_the_server_checks(trained, tiny_encoder_dir):
+    result, _, tmp = trained
+    base = load_base(str(tiny_encoder_dir))
+    pkg = check_package(
+        tmp / "adapters", result.package_dir, expect_name="politeness", base_config_hash=base.config_hash
+    )
+    m = pkg.manifest
+    assert m.template.max_length == 64 and m.template.kind == "pair"
+    assert m.metrics["val_accuracy"] == result.metrics["val_accuracy"]
+    prov = m.provenance
+    assert prov["train"]["pairs"] + prov["validation"]["pairs"] == 360
+    assert prov["settings"]["lora_r"] == 8 and prov["settings"]["layers_to_transform"] is None
+    assert prov["split"]["by"] == "prompt"
+    assert "date" in prov and "git_commit" in prov and prov["versions"]["peft"]
+    cfg = json.loads((result.package_dir / "adapter_config.json").read_text())
+    assert cfg["layers_to_transform"] == [1]  # the upper half of 2 layers
+    weights = load_file(str(result.package_dir / "adapter_model.safetensors"))
+    assert any("classifier" in k for k in weights), sorted(weights)
+    assert not any(".layer.0." in k for k in weights)  # the lower layer is shared, untouched
+
+
+def test_calibration_standardises_the_validation_scores(trained, tiny_encoder_dir):
+    result, pairs, tmp = trained
+    _, val = split_by_prompt(pairs, 0.15, salt="val0")
+    scorer = PackageScorer(load_base(str(tiny_encoder_dir)), tmp / "adapters")
+    scorer.load("politeness")
+    s = scorer.pair_scores("politeness", val)  # normalised, (N, 2)
+    flat = torch.cat([s[:, 0], s[:, 1]])
+    assert float(flat.mean()) == pytest.approx(0.0, abs=1e-4)
+    assert float(flat.std()) == pytest.approx(1.0, abs=1e-4)
+    assert accuracy(s[:, 0], s[:, 1]).value == pytest.approx(result.metrics["val_accuracy"])
+
+
+def test_package_scores_identically_through_the_pm_server(trained, tiny_encoder_dir, live_server):
+    result, pairs, tmp = trained
+    scorer = PackageScorer(load_base(str(tiny_encoder_dir)), tmp / "adapters")
+    scorer.load("politeness")
+    some = pairs[:12]
+    prompts, responses = [p.prompt for p in some], [p.chosen for p in some]
+    local = scorer.raw("politeness", prompts, responses)
+    settings = ServerSettings(base_model=str(tiny_encoder_dir), adapter_root=tmp / "adapters", insecure_dev=True)
+    server = live_server(create_app(settings)).start()
+    body = {"items": [{"prompt": p, "response": r} for p, r in zip(prompts, responses, strict=True)]}
+    r = httpx.post(server.url + "/v1/score", json={**body, "principles": ["politeness"]}, timeout=30)
+    assert r.status_code == 200, r.text
+    served = torch.tensor([x["raw_scores"]["politeness"] for x in r.json()["results"]])
+    torch.testing.assert_close(served, local, atol=1e-5, rtol=1e-5)
+    assert r.json()["versions"]["politeness"] == "v1"
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_encoder_dir):
+    pairs = please_pairs(120, seed=1)
+    cfg = {**FAST, "epochs": 2, "save_every": 2, "lora_dropout": 0.1}
+
+    def run(name: str, **kw):
+        return train_pm(
+            pairs,
+            principle="politeness",
+            config=TrainConfig(base=str(tiny_encoder_dir), **cfg),
+            out_root=tmp_path / name,
+            run_dir=tmp_path / f"run-{name}",
+            version="v1",
+            progress=False,
+            **kw,
+        )
+
+    straight = run("a")
+
+    def stop_at_5(step: int, loss: float) -> None:
+        if step == 5:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run("b", on_step=stop_at_5)
+    state = json.loads((tmp_path / "run-b" / "state.json").read_text())
+    assert state["step"] == 5 and not state["finished"]
+    resumed = run("b")
+    assert resumed.resumed_from_step == 5
+    a = load_file(str(straight.package_dir / "adapter_model.safetensors"))
+    b = load_file(str(resumed.package_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+    assert resumed.metrics["val_accuracy"] == straight.metrics["val_accuracy"]
+    with pytest.raises(TrainError, match="finished run"):
+        run("b")
+    with pytest.raises(TrainError, match="other data or settings"):
+        train_pm(
+            pairs[:100],
+            principle="politeness",
+            config=TrainConfig(base=str(tiny_encoder_dir), **cfg),
+            out_root=tmp_path / "c",
+            run_dir=tmp_path / "run-b",
+            progress=False,
+        )
+
+
+def test_layers_out_of_range_are_refused(tmp_path, tiny_encoder_dir):
+    with pytest.raises(TrainError, match="layers_to_transform"):
+        train_pm(
+            please_pairs(40),
+            principle="politeness",
+            config=TrainConfig(base=str(tiny_encoder_dir), layers_to_transform=[5], **FAST),
+            out_root=tmp_path / "a",
+            run_dir=tmp_path / "r",
+            progress=False,
+        )
+
+
+def test_decoder_base_trains_and_its_package_loads(tmp_path, tiny_decoder_dir):
+    res = train_pm(
+        please_pairs(160),
+        principle="politeness",
+        config=TrainConfig(base=str(tiny_decoder_dir), **{**FAST, "epochs": 1}),
+        out_root=tmp_path / "adapters",
+        run_dir=tmp_path / "run",
+        version="v1",
+        progress=False,
+    )
+    scorer = PackageScorer(load_base(str(tiny_decoder_dir)), tmp_path / "adapters")
+    pkg = scorer.load("politeness")
+    assert pkg.manifest.template.kind == "text"
+    s = scorer.raw("politeness", ["hi"], ["please help"])
+    assert torch.isfinite(s).all()
+    assert res.metrics["val_pairs"] > 0
+
+
+def write_pairs(path: Path, pairs: list[Pair]) -> Path:
+    with path.open("w") as f:
+        for p in pairs:
+            f.write(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "principle": p.principle}))
+            f.write("\n")
+    return path
