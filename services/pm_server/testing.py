@@ -7,6 +7,7 @@ back through the same `from_pretrained` code the server uses on real checkpoints
 from __future__ import annotations
 
 import copy
+import random
 from pathlib import Path
 from typing import Literal
 
@@ -24,9 +25,10 @@ from morlaif.principles import get_principle
 from morlaif.protocol import Calibration
 from pm_server.modeling import BaseModel, resolve_base_id
 from pm_server.package import PackageManifest, save_package
+from pm_server.pairs import Pair
 from pm_server.template import InputTemplate
 
-__all__ = ["make_tiny_base", "make_random_package"]
+__all__ = ["make_tiny_base", "make_random_package", "politeness_pairs"]
 
 
 def make_tiny_base(
@@ -113,3 +115,27 @@ def make_random_package(
         provenance={"source": "pm_server.testing.make_random_package", "seed": seed},
     )
     return save_package(peft_model, "default", root / principle / version, manifest)
+
+
+_WORDS_TEXT = "the a cat dog sun rain river stone green quick slow blue music paper tree house light"
+_WORDS = _WORDS_TEXT.split()  # noqa: SIM905
+
+
+def sentence(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(n))
+
+
+def politeness_pairs(n: int, seed: int = 0) -> list[Pair]:
+    """Synthetic principle "politeness": the response containing the word "please" is better."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        prompt = f"request {i}: {sentence(rng, 4)}"
+        plain = sentence(rng, rng.randint(4, 9))
+        words = plain.split()
+        words.insert(rng.randint(0, len(words)), "please")
+        polite = " ".join(words)
+        if rng.random() < 0.5:  # make length useless: the plain one is often the longer
+            plain = plain + " " + sentence(rng, 3)
+        out.append(Pair(prompt=prompt, chosen=polite, rejected=plain, principle="politeness", source="synthetic"))
+    return out

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import random
-from pathlib import Path
 
 import httpx
 import pytest
@@ -18,30 +16,8 @@ from pm_server.evaluation import PackageScorer, accuracy, fit_weights
 from pm_server.modeling import load_base
 from pm_server.package import check_package
 from pm_server.pairs import Pair, split_by_prompt
+from pm_server.testing import politeness_pairs
 from pm_server.training import TrainConfig, TrainError, bradley_terry_loss, default_layers, pair_accuracy, train_pm
-
-WORDS = "the a cat dog sun rain river stone green quick slow blue music paper tree house light".split()
-
-
-def sentence(rng: random.Random, n: int) -> str:
-    return " ".join(rng.choice(WORDS) for _ in range(n))
-
-
-def please_pairs(n: int, seed: int = 0) -> list[Pair]:
-    """Synthetic principle "politeness": the response containing the word "please" is better."""
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        prompt = f"request {i}: {sentence(rng, 4)}"
-        plain = sentence(rng, rng.randint(4, 9))
-        words = plain.split()
-        words.insert(rng.randint(0, len(words)), "please")
-        polite = " ".join(words)
-        if rng.random() < 0.5:  # make length useless: the plain one is often the longer
-            plain = plain + " " + sentence(rng, 3)
-        out.append(Pair(prompt=prompt, chosen=polite, rejected=plain, principle="politeness", source="synthetic"))
-    return out
-
 
 FAST = {"epochs": 3, "batch_size": 16, "learning_rate": 3e-3, "lora_r": 8, "max_length": 64, "device": "cpu"}
 
@@ -106,7 +82,7 @@ def test_fit_weights_gives_zero_weight_to_a_principle_that_points_the_wrong_way(
 def trained(tmp_path_factory, tiny_encoder_dir):
     """One politeness PM, trained once for the tests below."""
     tmp = tmp_path_factory.mktemp("train")
-    pairs = please_pairs(360)
+    pairs = politeness_pairs(360)
     result = train_pm(
         pairs,
         principle="politeness",
@@ -178,7 +154,7 @@ def test_package_scores_identically_through_the_pm_server(trained, tiny_encoder_
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_encoder_dir):
-    pairs = please_pairs(120, seed=1)
+    pairs = politeness_pairs(120, seed=1)
     cfg = {**FAST, "epochs": 2, "save_every": 2, "lora_dropout": 0.1}
 
     def run(name: str, **kw):
@@ -227,7 +203,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_encoder_dir)
 def test_layers_out_of_range_are_refused(tmp_path, tiny_encoder_dir):
     with pytest.raises(TrainError, match="layers_to_transform"):
         train_pm(
-            please_pairs(40),
+            politeness_pairs(40),
             principle="politeness",
             config=TrainConfig(base=str(tiny_encoder_dir), layers_to_transform=[5], **FAST),
             out_root=tmp_path / "a",
@@ -238,7 +214,7 @@ def test_layers_out_of_range_are_refused(tmp_path, tiny_encoder_dir):
 
 def test_decoder_base_trains_and_its_package_loads(tmp_path, tiny_decoder_dir):
     res = train_pm(
-        please_pairs(160),
+        politeness_pairs(160),
         principle="politeness",
         config=TrainConfig(base=str(tiny_decoder_dir), **{**FAST, "epochs": 1}),
         out_root=tmp_path / "adapters",
@@ -252,11 +228,3 @@ def test_decoder_base_trains_and_its_package_loads(tmp_path, tiny_decoder_dir):
     s = scorer.raw("politeness", ["hi"], ["please help"])
     assert torch.isfinite(s).all()
     assert res.metrics["val_pairs"] > 0
-
-
-def write_pairs(path: Path, pairs: list[Pair]) -> Path:
-    with path.open("w") as f:
-        for p in pairs:
-            f.write(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "principle": p.principle}))
-            f.write("\n")
-    return path

@@ -1,0 +1,203 @@
+"""`morlaif pm train|eval|split` as a user runs them: real processes, files, a real server for --publish."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from morlaif.protocol import ScalarizerSpec
+from pm_server.api import create_app
+from pm_server.config import ServerSettings
+from pm_server.pairs import Pair
+from pm_server.testing import politeness_pairs
+
+ADMIN_KEY = "admin-key-0123456789"
+API_KEY = "score-key-0123456789"
+FAST = ["--epochs", "2", "--batch-size", "16", "--lr", "3e-3", "--max-length", "64", "--device", "cpu", "--quiet"]
+
+
+def morlaif(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-c", "from morlaif.cli import main; main()", *args]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
+    if check:
+        assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def write_pairs(path: Path, pairs: list[Pair], **extra: object) -> Path:
+    with path.open("w") as f:
+        for p in pairs:
+            rec = {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "principle": p.principle, **extra}
+            f.write(json.dumps(rec) + "\n")
+    return path
+
+
+def brevity_pairs(n: int) -> list[Pair]:
+    """A second synthetic principle: the shorter response is better."""
+    out = []
+    for i, p in enumerate(politeness_pairs(n, seed=7)):
+        short, long = sorted([p.chosen, p.rejected], key=len)
+        if short == long:
+            continue
+        out.append(Pair(prompt=f"brief {i}", chosen=short, rejected=long, principle="shortness", source="synthetic"))
+    return out
+
+
+def test_split_keeps_prompts_together_and_converts_hh(tmp_path):
+    hh = tmp_path / "hh.jsonl"
+    rows = []
+    for i in range(30):
+        prompt = f"\n\nHuman: question {i % 10}?\n\nAssistant:"
+        rows.append({"chosen": prompt + f" good answer {i}", "rejected": prompt + f" bad answer {i}"})
+    hh.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    res = morlaif("pm", "split", f"harmlessness={hh}", "--out-dir", str(tmp_path / "out"), "--parts", "a=0.5,b=0.5")
+    assert "a:" in res.stdout and "b:" in res.stdout
+    parts = {n: [json.loads(x) for x in (tmp_path / "out" / f"{n}.jsonl").read_text().splitlines()] for n in "ab"}
+    assert len(parts["a"]) + len(parts["b"]) == 30
+    assert {r["prompt"] for r in parts["a"]}.isdisjoint({r["prompt"] for r in parts["b"]})
+    assert all(r["principle"] == "harmlessness" and r["chosen"].startswith("good") for r in parts["a"] + parts["b"])
+    bad = morlaif("pm", "split", str(hh), "--out-dir", str(tmp_path / "o2"), check=False)
+    assert bad.returncode == 2 and "give one as principle=" in bad.stderr and "Traceback" not in bad.stderr
+    frac = morlaif("pm", "split", f"h={hh}", "--out-dir", str(tmp_path / "o3"), "--parts", "a=0.5,b=0.2", check=False)
+    assert frac.returncode == 2 and "sum to 1" in frac.stderr
+
+
+def test_train_errors_name_the_file_line_and_principle(tmp_path, tiny_encoder_dir):
+    f = write_pairs(tmp_path / "p.jsonl", politeness_pairs(30))
+    res = morlaif("pm", "train", "--principle", "factuality", "--data", str(f), "--base", str(tiny_encoder_dir),
+                  check=False)  # fmt: skip
+    assert res.returncode == 2 and "no pairs for principle 'factuality'" in res.stderr and "politeness" in res.stderr
+    with f.open("a") as h:
+        h.write('{"prompt": "x", "chosen": "y", "rejected": "z", "principle": "politeness", "p": 1.5}\n')
+    res = morlaif("pm", "train", "--principle", "politeness", "--data", str(f), check=False)
+    assert res.returncode == 2 and f"{f}:31" in res.stderr and "'p'" in res.stderr
+    assert "Traceback" not in res.stderr
+    res = morlaif("pm", "train", "--principle", "politeness", check=False)
+    assert res.returncode == 2 and "--data" in res.stderr
+    res = morlaif("pm", "train", "--principle", "politeness", "--data", str(tmp_path / "nope.jsonl"), check=False)
+    assert res.returncode == 2 and "nope.jsonl" in res.stderr
+
+
+def test_train_eval_publish_end_to_end(tmp_path, tiny_encoder_dir, live_server):
+    """Two principles and a pooled single PM; eval writes a report, figures and a weights file the server
+    accepts; --publish swaps a new version in while clients score without a single failure."""
+    root = tmp_path / "adapters"
+    polite = write_pairs(tmp_path / "polite.jsonl", politeness_pairs(240))
+    short = write_pairs(tmp_path / "short.jsonl", brevity_pairs(240))
+    base = ["--base", str(tiny_encoder_dir), "--out-root", str(root), *FAST]
+    for p, f in (("politeness", polite), ("shortness", short)):
+        res = morlaif("pm", "train", "--principle", p, "--data", str(f), "--version", "v1",
+                      "--run-dir", str(tmp_path / f"run-{p}"), *base)  # fmt: skip
+        assert f"wrote {root / p / 'v1'}" in res.stdout
+    morlaif("pm", "train", "--principle", "single_pm", "--pool", "--data", str(polite), "--data", str(short),
+            "--version", "v1", "--run-dir", str(tmp_path / "run-single"), *base)  # fmt: skip
+    single = json.loads((root / "single_pm" / "v1" / "principle.json").read_text())
+    assert single["provenance"]["train"]["by_principle"].keys() == {"politeness", "shortness"}
+
+    # human preferences: polite AND short is better (both principles matter)
+    human = []
+    for i, p in enumerate(politeness_pairs(200, seed=11)):
+        words = p.chosen.split()
+        human.append(Pair(prompt=f"h{i}", chosen=" ".join(words[:4] + ["please"]), rejected=p.rejected + " more",
+                          principle="helpfulness"))  # fmt: skip
+    human_file = write_pairs(tmp_path / "human.jsonl", human)
+    out = tmp_path / "eval"
+    res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir), "--device", "cpu",
+                  "--data", str(polite), "--data", str(short), "--validation-only", "--human", str(human_file),
+                  "--single", "single_pm", "--out", str(out))  # fmt: skip
+    result = json.loads((out / "eval.json").read_text())
+    per = {r["principle"]: r for r in result["per_principle"]}
+    assert per.keys() == {"politeness", "shortness"}
+    assert per["politeness"]["pm"]["accuracy"] > 0.9 and per["politeness"]["pm"]["n"] < 100  # validation prompts only
+    assert per["shortness"]["longer_wins"]["accuracy"] == 0.0  # the baseline is computed, not assumed
+    mo = result["multi_objective"]
+    assert mo["fit_pairs"] + mo["test_pairs"] == 200
+    assert set(mo["per_scalarizer"]) >= {"linear", "max_min", "median", "lower_quantile"}
+    assert mo["per_scalarizer"]["linear"]["accuracy"] > 0.8
+    assert mo["single_pm"]["name"] == "single_pm"
+    for png in ("principles.png", "scalarizers.png", "agreement.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "scalarizer `linear`" in report and "![agreement](agreement.png)" in report
+    spec = ScalarizerSpec.from_file(out / "weights.json")
+    assert spec.name == "linear" and set(spec.weights or {}) == {"politeness", "shortness"}
+    assert all(w >= 0 for w in spec.weights.values()) and sum(spec.weights.values()) > 0
+    assert "weights.json" in res.stdout
+
+    # the server takes the weights file as its default scalarizer, and --publish hot-swaps a new version
+    settings = ServerSettings(base_model=str(tiny_encoder_dir), adapter_root=root, api_key=API_KEY,
+                              admin_key=ADMIN_KEY, scalarizer_file=out / "weights.json")  # fmt: skip
+    assert settings.default_weights == spec.weights
+    server = live_server(create_app(settings)).start()
+    auth = {"Authorization": f"Bearer {API_KEY}"}
+    r = httpx.post(server.url + "/get_reward", json={"query": ["Human: hi\n\nAssistant: please sit"]},
+                   headers=auth, timeout=30)  # fmt: skip
+    assert r.status_code == 200, r.text
+    assert set(r.json()["extra_logs"]) == {"politeness", "shortness"}
+
+    stop = threading.Event()
+    statuses: list[int] = []
+    versions: set[str] = set()
+
+    def hammer() -> None:
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                body = {"items": [{"prompt": "p", "response": "please x"}], "principles": ["politeness"]}
+                resp = c.post(server.url + "/v1/score", headers=auth, json=body)
+                statuses.append(resp.status_code)
+                if resp.status_code == 200:
+                    versions.add(resp.json()["versions"]["politeness"])
+
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(hammer) for _ in range(3)]
+        try:
+            res = morlaif("pm", "train", "--principle", "politeness", "--data", str(polite), "--version", "v2",
+                          "--run-dir", str(tmp_path / "run-p2"), "--seed", "1", "--publish", server.url, *base,
+                          env={"MORLAIF_ADMIN_KEY": ADMIN_KEY})  # fmt: skip
+        finally:
+            stop.set()
+        for f in futures:
+            f.result()
+    assert f"{server.url} now serves politeness v2 (was v1)" in res.stdout
+    assert ADMIN_KEY not in res.stdout + res.stderr
+    assert statuses and set(statuses) == {200}, statuses
+    assert versions <= {"v1", "v2"}
+    r = httpx.get(server.url + "/v1/principles", headers=auth, timeout=30)
+    assert {p["name"]: p["version"] for p in r.json()["principles"]}["politeness"] == "v2"
+
+
+def test_publish_without_admin_key_fails_clearly_but_keeps_the_package(tmp_path, tiny_encoder_dir, live_server):
+    root = tmp_path / "adapters"
+    settings = ServerSettings(base_model=str(tiny_encoder_dir), adapter_root=root, api_key=API_KEY,
+                              admin_key=ADMIN_KEY)  # fmt: skip
+    server = live_server(create_app(settings)).start()
+    f = write_pairs(tmp_path / "p.jsonl", politeness_pairs(80))
+    res = morlaif("pm", "train", "--principle", "politeness", "--data", str(f), "--version", "v1",
+                  "--run-dir", str(tmp_path / "run"), "--base", str(tiny_encoder_dir), "--out-root", str(root),
+                  *FAST[:-1], "--epochs", "1", "--quiet", "--publish", server.url,
+                  env={"MORLAIF_ADMIN_KEY": "wrong-key-0123456789"}, check=False)  # fmt: skip
+    assert res.returncode == 1, res.stderr
+    assert "the package is written" in res.stderr and "401" in res.stderr
+    assert "wrong-key" not in res.stderr
+    assert (root / "politeness" / "v1" / "principle.json").is_file()
+
+
+@pytest.mark.slow
+def test_minilm_pm_learns_real_factuality_pairs(tmp_path, shared_data):
+    """The real base on real data: a short run beats a coin on held-out TruthfulQA prompts."""
+    res = morlaif("pm", "train", "--principle", "factuality", "--data",
+                  str(shared_data / "factuality_truthfulqa.jsonl"), "--limit", "480", "--epochs", "1",
+                  "--max-length", "64", "--device", "cpu", "--quiet", "--out-root", str(tmp_path / "a"),
+                  "--run-dir", str(tmp_path / "run"))  # fmt: skip
+    pkg = next((tmp_path / "a" / "factuality").iterdir())
+    m = json.loads((pkg / "principle.json").read_text())
+    assert m["base_model"] == "minilm" and m["template"]["max_length"] == 64
+    assert m["metrics"]["val_accuracy"] > 0.6, (m["metrics"], res.stdout)
