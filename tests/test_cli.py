@@ -23,9 +23,12 @@ def test_help_is_actionable():
     assert "serve" in out.stdout and "score" in out.stdout
     for cmd, words in (
         ("serve", ["MORLAIF_API_KEY", "--insecure-dev", "--adapter-root"]),
-        ("score", ["JSONL", "--scalarizer", "resume"]),
+        ("score", ["JSONL", "--scalarizer", "resume", "--scalarizer-file"]),
+        ("pm", ["train", "eval", "split"]),
+        ("pm train", ["--principle", "--pool", "--publish", "--layers", "resume"]),
+        ("pm eval", ["--human", "--single", "--validation-only"]),
     ):
-        r = runner.invoke(app, [cmd, "--help"])
+        r = runner.invoke(app, [*cmd.split(), "--help"])
         assert r.exit_code == 0
         for w in words:
             assert w in r.output, (cmd, w)
@@ -121,3 +124,19 @@ def test_score_server_errors_are_clear(pm, tmp_path, monkeypatch):
 def test_serve_names_a_missing_base(tmp_path):
     r = runner.invoke(app, ["serve", "--insecure-dev", "--base", str(tmp_path / "no-such-model")])
     assert r.exit_code == 2 and "cannot load base model" in r.output and "no-such-model" in r.output
+
+
+def test_score_with_a_scalarizer_file(pm, tmp_path, monkeypatch):
+    monkeypatch.setenv("MORLAIF_API_KEY", KEY)
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"prompt": "a", "response": "b c d"}\n')
+    spec = tmp_path / "weights.json"
+    spec.write_text('{"name": "linear", "weights": {"brevity": 3, "no_refusal": 0.5}}')
+    out = tmp_path / "o.jsonl"
+    r = runner.invoke(app, ["score", str(src), str(out), "--url", pm.url, "--scalarizer-file", str(spec)])
+    assert r.exit_code == 0, r.output
+    got = json.loads(out.read_text())
+    assert got["reward"] == pytest.approx(3 * got["scores"]["brevity"] + 0.5 * got["scores"]["no_refusal"])
+    spec.write_text('{"name": "linear", "weights": {"brevity": "x"}}')
+    r = runner.invoke(app, ["score", str(src), str(out), "--url", pm.url, "--scalarizer-file", str(spec)])
+    assert r.exit_code == 2 and "weights.brevity" in r.output and str(spec) in r.output

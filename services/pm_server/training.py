@@ -26,6 +26,7 @@ import math
 import os
 import subprocess
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -187,7 +188,10 @@ def build_model(base: BaseModel, config: TrainConfig) -> torch.nn.Module:
         layers_to_transform=sorted(layers),
     )
     torch.manual_seed(config.seed)
-    return get_peft_model(model, lora)  # adapter "default": see package.save_package
+    with warnings.catch_warnings():
+        # PEFT 0.21 calls a transformers method that transformers 5 deprecated; nothing for us to change
+        warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+        return get_peft_model(model, lora)  # adapter "default": see package.save_package
 
 
 def _template(base: BaseModel, config: TrainConfig) -> InputTemplate:

@@ -54,6 +54,10 @@ def score(
     scalarizer: Annotated[str | None, typer.Option(help="Add a scalarized `reward`: linear, soft_max_min, ...")] = None,
     weights: Annotated[str | None, typer.Option(help='JSON weights {"helpfulness": 1, ...} or @file.json.')] = None,
     params: Annotated[str | None, typer.Option(help='JSON scalarizer parameters, e.g. {"temperature": 0.5}.')] = None,
+    scalarizer_file: Annotated[
+        Path | None,
+        typer.Option(help="Scalarizer, weights and params from a JSON file, e.g. the weights.json of `pm eval`."),
+    ] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Scores without calibration (normalize=false).")] = False,
     batch_size: Annotated[int, typer.Option(min=1, max=512, help="Records per request.")] = 64,
 ) -> None:
@@ -70,6 +74,16 @@ def score(
 
     w = _json_option(weights, "--weights")
     p = _json_option(params, "--params")
+    if scalarizer_file is not None:
+        from morlaif.protocol import ScalarizerSpec
+
+        if scalarizer is not None or w is not None or p is not None:
+            raise typer.BadParameter("give --scalarizer-file or --scalarizer/--weights/--params, not both")
+        try:
+            spec = ScalarizerSpec.from_file(scalarizer_file)
+        except ValueError as e:
+            raise typer.BadParameter(str(e), param_hint="--scalarizer-file") from None
+        scalarizer, w, p = spec.name, spec.weights, spec.params
     names = [x.strip() for x in principles.split(",") if x.strip()] if principles else None
     try:
         with MorlaifClient(url, api_key=os.environ.get("MORLAIF_API_KEY")) as client:

@@ -201,3 +201,27 @@ def test_minilm_pm_learns_real_factuality_pairs(tmp_path, shared_data):
     m = json.loads((pkg / "principle.json").read_text())
     assert m["base_model"] == "minilm" and m["template"]["max_length"] == 64
     assert m["metrics"]["val_accuracy"] > 0.6, (m["metrics"], res.stdout)
+
+
+def test_train_from_the_label_store_uses_soft_labels(tmp_path, tiny_encoder_dir):
+    """Judge labels in the store (p(A) of 0.9 or 0.1, in the store's own A/B order) train a PM."""
+    from morlaif.store import LabelIn, PairRecord, open_store
+
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    with open_store(url) as s:
+        s.import_pairs(
+            [PairRecord(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected, principle="politeness")
+             for p in politeness_pairs(200, seed=3)]
+        )  # fmt: skip
+        s.enqueue(["politeness"], "judge-x")
+        for job in s.claim("w", judge="judge-x", limit=500, lease_s=60):
+            a_polite = "please" in job.response_a.split()
+            s.complete(job.id, "w", LabelIn(p_a=0.9 if a_polite else 0.1, judge_model="judge-x"))
+    root = tmp_path / "adapters"
+    res = morlaif("pm", "train", "--principle", "politeness", "--store", url, "--judge", "judge-x",
+                  "--version", "v1", "--run-dir", str(tmp_path / "run"), "--base", str(tiny_encoder_dir),
+                  "--out-root", str(root), *FAST)  # fmt: skip
+    m = json.loads((root / "politeness" / "v1" / "principle.json").read_text())
+    assert m["provenance"]["data"] == [{"store": url, "principle": "politeness", "judge": "judge-x", "pairs": 200}]
+    assert m["provenance"]["train"]["soft_labels"] == m["provenance"]["train"]["pairs"]
+    assert m["metrics"]["val_accuracy"] > 0.9, res.stdout
