@@ -35,11 +35,18 @@ from morlaif.protocol import (
 from morlaif.scalarize import scalarize
 from pm_server.batcher import Batcher
 from pm_server.config import ServerSettings
-from pm_server.engine import Row, ScoringEngine
+from pm_server.engine import BASE_ADAPTER, Row, ScoringEngine
 from pm_server.errors import InvalidRequest, NotFound, Unavailable, VersionConflict
 from pm_server.metrics import Metrics
-from pm_server.modeling import BaseModel, load_base
-from pm_server.package import PackageError, check_package, find_packages, resolve_package_dir
+from pm_server.modeling import BaseModel, load_base, resolve_base_id
+from pm_server.package import (
+    MANIFEST,
+    PackageError,
+    PackageManifest,
+    check_package,
+    find_packages,
+    resolve_package_dir,
+)
 from pm_server.registry import Entry, Registry
 from pm_server.rules import DEFAULT_RULES, LengthRule, RegexRule, load_rules
 from pm_server.template import Encoded, InputTemplate, TemplateEncoder
@@ -86,6 +93,7 @@ class ScoringService:
         rules = load_rules(s.rules_file) if s.rules_file is not None else DEFAULT_RULES
         for rule in rules:
             self._add_rule(rule)
+        self._add_full_finetuned()
         if s.load_on_start:
             for name, version in find_packages(s.adapter_root):
                 try:
@@ -118,6 +126,28 @@ class ScoringService:
             provenance={"rule": rule.model_dump()},
         )
         self.registry.put(Entry(info=info, rule=rule))
+
+    def _add_full_finetuned(self) -> None:
+        """A base folder written by `morlaif pm train --full` is itself a PM: serve its head as that principle."""
+        manifest_file = Path(resolve_base_id(self.base.model_id)) / MANIFEST
+        if not manifest_file.is_file():
+            return
+        m = PackageManifest.model_validate_json(manifest_file.read_bytes())
+        if m.base_config_hash != self.base.config_hash:
+            logger.error("not serving %s: %s does not match the base it sits in", m.name, manifest_file)
+            return
+        self._encoder(m.template)
+        info = PrincipleInfo(
+            name=m.name,
+            kind="full",
+            version=str(m.provenance.get("version", "full")),
+            judge_phrase=m.judge_phrase,
+            description=m.description,
+            calibration=m.calibration,
+            metrics=m.metrics,
+            provenance=m.provenance,
+        )
+        self.registry.put(Entry(info=info, adapter_id=BASE_ADAPTER, template=m.template))
 
     def _encoder(self, template: InputTemplate) -> TemplateEncoder:
         enc = self._encoders.get(template)

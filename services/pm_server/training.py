@@ -545,6 +545,7 @@ def train_pm(
                 "peft": peft.__version__,
             },
             "trainer": "morlaif pm train",
+            "version": state["version"],
         },
     )
     if config.full_finetune:

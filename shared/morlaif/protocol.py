@@ -192,7 +192,9 @@ class Calibration(_Model):
 
 class PrincipleInfo(_Model):
     name: str
-    kind: Literal["adapter", "rule"]
+    kind: Literal["adapter", "full", "rule"] = Field(
+        description="adapter: a LoRA package; full: the base itself is a fully fine-tuned PM; rule: programmatic"
+    )
     version: str
     judge_phrase: str = ""
     description: str = ""

@@ -228,3 +228,28 @@ def test_decoder_base_trains_and_its_package_loads(tmp_path, tiny_decoder_dir):
     s = scorer.raw("politeness", ["hi"], ["please help"])
     assert torch.isfinite(s).all()
     assert res.metrics["val_pairs"] > 0
+
+
+def test_full_finetuning_writes_a_model_the_server_serves_as_the_principle(tmp_path, tiny_encoder_dir, live_server):
+    pairs = politeness_pairs(240)
+    res = train_pm(
+        pairs,
+        principle="politeness",
+        config=TrainConfig(base=str(tiny_encoder_dir), full_finetune=True, **{**FAST, "learning_rate": 5e-4}),
+        out_root=tmp_path / "full",
+        run_dir=tmp_path / "run",
+        version="f1",
+        progress=False,
+    )
+    assert (res.package_dir / "model.safetensors").is_file() and (res.package_dir / "principle.json").is_file()
+    assert res.metrics["val_accuracy"] > 0.9, res.metrics
+    settings = ServerSettings(base_model=str(res.package_dir), adapter_root=tmp_path / "none", insecure_dev=True)
+    server = live_server(create_app(settings)).start()
+    info = {p["name"]: p for p in httpx.get(server.url + "/v1/principles", timeout=30).json()["principles"]}
+    assert info["politeness"]["kind"] == "full" and info["politeness"]["version"] == "f1"
+    _, val = split_by_prompt(pairs, 0.15, salt="val0")
+    items = [{"prompt": p.prompt, "response": r} for p in val for r in (p.chosen, p.rejected)]
+    r = httpx.post(server.url + "/v1/score", json={"items": items, "principles": ["politeness"]}, timeout=30)
+    assert r.status_code == 200, r.text
+    s = torch.tensor([x["raw_scores"]["politeness"] for x in r.json()["results"]]).view(-1, 2)
+    assert accuracy(s[:, 0], s[:, 1]).value == pytest.approx(res.metrics["val_accuracy"])

@@ -1,0 +1,102 @@
+"""Which base should the PMs share? MiniLM-L6 (encoder, 22M) against SmolLM2-135M (decoder, from its GGUF).
+
+For each base: train one principle's PM with the same data, split, settings and seed (`morlaif pm train`'s
+code), then measure validation accuracy (95% interval), training time, scoring throughput of the trained
+package (sequences/s in eval mode, batches of 32) and parameter count. Run it on an otherwise idle machine:
+the times are wall-clock. Prints a table and writes JSON (no assertions).
+
+    python benchmarks/base_comparison.py                                  # factuality, 800 pairs, 1 epoch
+    python benchmarks/base_comparison.py --data ../shared/data/sycophancy_anthropic.jsonl --principle sycophancy
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pm_server.evaluation import PackageScorer
+from pm_server.modeling import load_base
+from pm_server.pairs import read_pairs
+from pm_server.training import TrainConfig, train_pm
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default="../shared/data/factuality_truthfulqa.jsonl", help="Pair JSONL file.")
+    ap.add_argument("--principle", default="factuality")
+    ap.add_argument("--bases", default="minilm,smollm2", help="Comma-separated bases to compare.")
+    ap.add_argument("--limit", type=int, default=800, help="Pairs used (a seeded sample of the file).")
+    ap.add_argument("--epochs", type=int, default=1)
+    ap.add_argument("--max-length", type=int, default=96)
+    ap.add_argument("--lr", type=float, default=None, help="Learning rate (default: TrainConfig's).")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's).")
+    ap.add_argument("--out", default="benchmarks/results/base_comparison.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    pairs = [p for p in read_pairs(args.data) if p.principle == args.principle]
+    pairs = random.Random(0).sample(pairs, min(args.limit, len(pairs)))
+    rows = []
+    for name in args.bases.split(","):
+        t0 = time.perf_counter()
+        base = load_base(name, max_length=args.max_length, device="cpu")
+        load_s = time.perf_counter() - t0
+        n_params = sum(p.numel() for p in base.model.parameters())
+        extra = {"learning_rate": args.lr} if args.lr else {}
+        cfg = TrainConfig(base=name, max_length=args.max_length, epochs=args.epochs, device="cpu", **extra)
+        with tempfile.TemporaryDirectory() as tmp:
+            t0 = time.perf_counter()
+            res = train_pm(
+                pairs,
+                principle=args.principle,
+                config=cfg,
+                out_root=Path(tmp) / "adapters",
+                run_dir=Path(tmp) / "run",
+                version="bench",
+                base=base,
+                progress=True,
+            )
+            train_s = time.perf_counter() - t0
+            scorer = PackageScorer(load_base(name, max_length=args.max_length, device="cpu"), Path(tmp) / "adapters")
+            scorer.load(args.principle)
+            sample = pairs[:128]
+            scorer.max_rows = 32
+            t0 = time.perf_counter()
+            scorer.raw(args.principle, [p.prompt for p in sample], [p.chosen for p in sample])
+            score_s = time.perf_counter() - t0
+        m = res.metrics
+        rows.append(
+            {
+                "base": name,
+                "params_m": round(n_params / 1e6, 1),
+                "load_s": round(load_s, 1),
+                "train_pairs": m["train_pairs"],
+                "val_pairs": m["val_pairs"],
+                "val_accuracy": m["val_accuracy"],
+                "val_accuracy_ci95": m["val_accuracy_ci95"],
+                "train_s": round(train_s, 1),
+                "train_pairs_per_s": round(m["train_pairs"] * res.metrics["epochs_run"] / train_s, 2),
+                "score_seqs_per_s": round(len(sample) / score_s, 1),
+            }
+        )
+    print(f"\n{args.principle}: {len(pairs)} pairs, {args.epochs} epoch(s), max_length {args.max_length}, CPU")
+    cols = ["base", "params_m", "val_accuracy", "val_accuracy_ci95", "train_s", "train_pairs_per_s", "score_seqs_per_s"]
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(str(r[c]) for c in cols))
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": platform.platform(), "threads": torch.get_num_threads(), "args": vars(args)}
+    out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
