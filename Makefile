@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# the default adapter packages, committed (scripts/train_default_adapters.sh made them)
+ADAPTERS ?= adapters
 
 .PHONY: up test install lint bench clean
 
@@ -21,7 +23,7 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 up: $(STAMP)
-	$(VENV)/bin/morlaif serve --insecure-dev --adapter-root var/adapters
+	$(VENV)/bin/morlaif serve --insecure-dev --adapter-root $(ADAPTERS)
 
 test: $(STAMP)
 	$(PY) -m ruff check shared services tests benchmarks

@@ -253,5 +253,7 @@ def save_package(
         for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
             shutil.move(str(src / name), staging / name)
         write_manifest(staging, manifest)
+        for f in staging.iterdir():  # safetensors writes 0600; a server running as another user must read it
+            f.chmod(0o644)
         os.rename(staging, pkg_dir)
     return pkg_dir

@@ -100,7 +100,9 @@ def train(
     max_length: Annotated[int, typer.Option(help="Most tokens per (prompt, response).")] = 256,
     epochs: Annotated[int, typer.Option(min=1)] = 3,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per step.")] = 16,
-    lr: Annotated[float, typer.Option(help="Peak learning rate.")] = 2e-3,
+    lr: Annotated[
+        float | None, typer.Option(help="Peak learning rate (default 2e-3 with LoRA, 1e-4 with --full).")
+    ] = None,
     lora_r: Annotated[int, typer.Option(min=1)] = 8,
     lora_alpha: Annotated[int, typer.Option(min=1)] = 16,
     layers: Annotated[
@@ -141,7 +143,7 @@ def train(
             max_length=max_length,
             epochs=epochs,
             batch_size=batch_size,
-            learning_rate=lr,
+            learning_rate=lr if lr is not None else (1e-4 if full else 2e-3),
             lora_r=lora_r,
             lora_alpha=lora_alpha,
             layers_to_transform=_layers(layers),
