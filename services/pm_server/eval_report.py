@@ -19,6 +19,13 @@ def _plt() -> Any:
     return plt
 
 
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def _bars(ax: Any, labels: list[str], entries: list[dict[str, Any]], color: str) -> None:
     vals = [e["accuracy"] for e in entries]
     lo = [e["accuracy"] - e["ci95"][0] for e in entries]
@@ -59,10 +66,7 @@ def write_figures(result: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_ylabel("accuracy on the principle's pairs (95% interval)")
         ax.set_title("Per-principle PM accuracy against baselines")
         ax.legend(fontsize=8, loc="lower right")
-        fig.tight_layout()
-        written.append(out_dir / "principles.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(plt, fig, out_dir / "principles.png"))
     mo = result.get("multi_objective")
     if mo and mo.get("per_scalarizer"):
         labels = list(mo["per_scalarizer"])
@@ -80,10 +84,7 @@ def write_figures(result: dict[str, Any], out_dir: Path) -> list[Path]:
         ax.set_title(
             f"Human-preference accuracy on {mo['test_pairs']} held-out pairs (weights fitted on {mo['fit_pairs']})"
         )
-        fig.tight_layout()
-        written.append(out_dir / "scalarizers.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(plt, fig, out_dir / "scalarizers.png"))
     agree = result.get("agreement")
     if agree and agree.get("names"):
         names, m = agree["names"], agree["matrix"]
@@ -96,10 +97,7 @@ def write_figures(result: dict[str, Any], out_dir: Path) -> list[Path]:
                 ax.text(j, i, f"{m[i][j]:.2f}", ha="center", va="center", color="white" if m[i][j] < 0.6 else "black")
         fig.colorbar(im, ax=ax, label="share of pairs where both prefer the same response")
         ax.set_title(f"Principle agreement on {agree['pairs']} pairs")
-        fig.tight_layout()
-        written.append(out_dir / "agreement.png")
-        fig.savefig(written[-1], dpi=110)
-        plt.close(fig)
+        written.append(_save(plt, fig, out_dir / "agreement.png"))
     return written
 
 

@@ -17,6 +17,7 @@ resumes where it stopped and ends with the same weights as a run that was never 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
@@ -24,10 +25,12 @@ import json
 import logging
 import math
 import os
+import signal
 import subprocess
+import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -346,6 +349,25 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
+@contextlib.contextmanager
+def _defer_sigint(flag: threading.Event) -> Iterator[None]:
+    """The first Ctrl-C sets `flag` (the loop stops after the current step); a second one stops at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        if flag.is_set():
+            raise KeyboardInterrupt
+        flag.set()
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
     from tqdm.auto import tqdm
 
@@ -438,7 +460,7 @@ def train_pm(
     resumed_from = int(state["step"])
     if resumed_from > 0:
         rd.restore(model, opt, sched)
-        logger.info("resuming %s at step %d (epoch %d)", run_dir, resumed_from, state["epoch"] + 1)
+        logger.warning("resuming %s at step %d (epoch %d)", run_dir, resumed_from, state["epoch"] + 1)
     else:
         rd.write_state(state)
     started = time.monotonic()
@@ -448,8 +470,11 @@ def train_pm(
         state["seconds"] = elapsed_before + time.monotonic() - started
         rd.save(model, opt, sched, state)
 
+    stack = contextlib.ExitStack()
     bar = _progress(total_steps, resumed_from, f"train {principle}", progress)
+    interrupted = threading.Event()
     try:
+        stack.enter_context(_defer_sigint(interrupted))
         while state["epoch"] < config.epochs and not state.get("stopped_early"):
             epoch = int(state["epoch"])
             # The order of an epoch depends only on (seed, epoch): a resumed run sees the same batches.
@@ -474,6 +499,8 @@ def train_pm(
                 bar.set_postfix(epoch=epoch + 1, loss=f"{running:.3f}")
                 if on_step is not None:
                     on_step(int(state["step"]), lv)
+                if interrupted.is_set():  # Ctrl-C lands here, between steps, so the checkpoint is consistent
+                    raise KeyboardInterrupt
                 if state["step"] % config.save_every == 0:
                     checkpoint()
             # 2. validate, keep the best weights, stop when the validation loss stops falling
@@ -497,6 +524,8 @@ def train_pm(
         bar.close()
         logger.warning("interrupted at step %d; run the same command again to resume", state["step"])
         raise
+    finally:
+        stack.close()
     bar.close()
 
     # 3. the best epoch's weights, calibrated on the validation set, written as a package

@@ -16,7 +16,7 @@ import pytest
 from morlaif.protocol import ScalarizerSpec
 from pm_server.api import create_app
 from pm_server.config import ServerSettings
-from pm_server.pairs import Pair
+from pm_server.pairs import Pair, split_by_prompt
 from pm_server.testing import politeness_pairs
 
 ADMIN_KEY = "admin-key-0123456789"
@@ -225,3 +225,38 @@ def test_train_from_the_label_store_uses_soft_labels(tmp_path, tiny_encoder_dir)
     assert m["provenance"]["data"] == [{"store": url, "principle": "politeness", "judge": "judge-x", "pairs": 200}]
     assert m["provenance"]["train"]["soft_labels"] == m["provenance"]["train"]["pairs"]
     assert m["metrics"]["val_accuracy"] > 0.9, res.stdout
+
+
+def test_ctrl_c_saves_a_consistent_checkpoint_and_the_rerun_resumes(tmp_path, tiny_encoder_dir):
+    import signal
+    import time
+
+    f = write_pairs(tmp_path / "p.jsonl", politeness_pairs(400))
+    run = tmp_path / "run"
+    args = [sys.executable, "-c", "from morlaif.cli import main; main()", "pm", "train", "--principle", "politeness",
+            "--data", str(f), "--run-dir", str(run), "--base", str(tiny_encoder_dir), "--out-root", str(tmp_path / "a"),
+            "--epochs", "200", "--patience", "200", "--max-length", "64", "--device", "cpu", "--quiet"]  # fmt: skip
+
+    def interrupt_after(predicate) -> tuple[int, str]:
+        proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = json.loads((run / "state.json").read_text()) if (run / "state.json").is_file() else {}
+            if predicate(state):
+                break
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        return proc.returncode, err
+
+    rc, err = interrupt_after(lambda s: s.get("epoch", 0) >= 1)
+    assert rc == 130, err
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    state = json.loads((run / "state.json").read_text())
+    train, _ = split_by_prompt(politeness_pairs(400), 0.15, salt="val0")
+    steps_per_epoch = -(-len(train) // 16)
+    assert state["step"] == state["epoch"] * steps_per_epoch + state["batch_in_epoch"] > 0
+    assert (run / "optim.pt").is_file() and (run / "weights.safetensors").is_file()
+    first = state["step"]
+    rc, err = interrupt_after(lambda s: s.get("step", 0) > first)
+    assert rc == 130 and f"at step {first}" in err, err
