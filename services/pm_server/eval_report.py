@@ -45,15 +45,15 @@ def write_figures(result: dict[str, Any], out_dir: Path) -> list[Path]:
     per = result.get("per_principle") or []
     if per:
         fig, ax = plt.subplots(figsize=(max(5, 1.6 * len(per)), 4))
-        width = 0.2
-        kinds = [
-            ("pm", "PM", "tab:blue"),
+        width = 0.8 / (5 if "single_pm" in per[0] else 4)
+        kinds = [("pm", "PM", "tab:blue")] + ([("single_pm", "single PM", "tab:red")] if "single_pm" in per[0] else [])
+        kinds += [
             ("longer_wins", "longer wins", "tab:orange"),
             ("untrained_head", "untrained head", "tab:grey"),
             ("coin_flip", "coin flip", "lightgrey"),
         ]
         for k, (key, label, color) in enumerate(kinds):
-            xs = [i + (k - 1.5) * width for i in range(len(per))]
+            xs = [i + (k - (len(kinds) - 1) / 2) * width for i in range(len(per))]
             vals = [r[key]["accuracy"] for r in per]
             err = [
                 [r[key]["accuracy"] - r[key]["ci95"][0] for r in per],
@@ -116,14 +116,15 @@ def write_markdown(result: dict[str, Any], out_dir: Path, figures: list[Path]) -
         lines += ["## Accuracy per principle", "", "Accuracy on each principle's own pairs, 95% Wilson interval.", ""]
         if result.get("validation_only"):
             lines += ["Only the prompts each package held out for validation are used.", ""]
-        lines += [
-            "| principle | version | pairs | PM | longer wins | untrained head | coin flip |",
-            "|---|---|---|---|---|---|---|",
-        ]
+        has_single = all("single_pm" in r for r in per)
+        head = "| principle | version | pairs | PM |" + (" single PM |" if has_single else "")
+        head += " longer wins | untrained head | coin flip |"
+        lines += [head, "|---" * (head.count("|") - 1) + "|"]
         for r in per:
+            single = f" {fmt(r['single_pm'])} |" if has_single else ""
             lines.append(
-                f"| {r['principle']} | {r['version']} | {r['pm']['n']} | {fmt(r['pm'])} | {fmt(r['longer_wins'])} "
-                f"| {fmt(r['untrained_head'])} | {fmt(r['coin_flip'])} |"
+                f"| {r['principle']} | {r['version']} | {r['pm']['n']} | {fmt(r['pm'])} |{single} "
+                f"{fmt(r['longer_wins'])} | {fmt(r['untrained_head'])} | {fmt(r['coin_flip'])} |"
             )
         lines.append("")
     mo = result.get("multi_objective")

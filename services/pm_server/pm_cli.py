@@ -248,6 +248,7 @@ def evaluate(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from pm_server.eval_report import write_figures, write_markdown
     from pm_server.evaluation import (
+        Accuracy,
         PackageScorer,
         agreement_matrix,
         fmt,
@@ -303,6 +304,8 @@ def evaluate(
         own = held_out(n, [p for p in pairs if p.principle == n])
         if own:
             r = principle_report(scorer, n, own)
+            if single is not None:  # same prompts held out (same split salt): a fair per-principle comparison
+                r["single_pm"] = Accuracy.of(labelled_margins(scorer.pair_scores(single, own), own)).to_dict()
             result["per_principle"].append(r)
             typer.echo(f"{n}: PM {fmt(r['pm'])}  longer {fmt(r['longer_wins'])}  untrained {fmt(r['untrained_head'])}")
     if human_pairs:

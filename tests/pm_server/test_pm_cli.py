@@ -118,6 +118,7 @@ def test_train_eval_publish_end_to_end(tmp_path, tiny_encoder_dir, live_server):
     assert per.keys() == {"politeness", "shortness"}
     assert per["politeness"]["pm"]["accuracy"] > 0.9 and per["politeness"]["pm"]["n"] < 100  # validation prompts only
     assert per["shortness"]["longer_wins"]["accuracy"] == 0.0  # the baseline is computed, not assumed
+    assert per["politeness"]["single_pm"]["n"] == per["politeness"]["pm"]["n"]
     mo = result["multi_objective"]
     assert mo["fit_pairs"] + mo["test_pairs"] == 200
     assert set(mo["per_scalarizer"]) >= {"linear", "max_min", "median", "lower_quantile"}
@@ -127,6 +128,7 @@ def test_train_eval_publish_end_to_end(tmp_path, tiny_encoder_dir, live_server):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "scalarizer `linear`" in report and "![agreement](agreement.png)" in report
+    assert "| politeness | v1 |" in report and "single PM |" in report
     spec = ScalarizerSpec.from_file(out / "weights.json")
     assert spec.name == "linear" and set(spec.weights or {}) == {"politeness", "shortness"}
     assert all(w >= 0 for w in spec.weights.values()) and sum(spec.weights.values()) > 0
