@@ -69,7 +69,12 @@ def _load_pairs(data: list[str] | None, store: str | None, judge: str | None, pr
             {"file": str(spec.path), "principle": spec.principle, "sha256": file_sha256(spec.path), "pairs": len(got)}
         )
     if store is not None:
-        for name in principles or []:
+        if principles is None:  # pooled: every principle the store has labels for
+            from morlaif.store import open_store
+
+            with open_store(store) as st:
+                principles = sorted(st.status(judge))
+        for name in principles:
             got = store_pairs(store, name, judge=judge)
             pairs += got
             sources.append({"store": _hide_password(store), "principle": name, "judge": judge, "pairs": len(got)})

@@ -262,3 +262,27 @@ def test_ctrl_c_saves_a_consistent_checkpoint_and_the_rerun_resumes(tmp_path, ti
     first = state["step"]
     rc, err = interrupt_after(lambda s: s.get("step", 0) > first)
     assert rc == 130 and f"at step {first}" in err, err
+
+
+def test_pooled_training_from_the_store_takes_every_principle(tmp_path, tiny_encoder_dir):
+    from morlaif.store import LabelIn, PairRecord, open_store
+
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    with open_store(url) as s:
+        s.import_pairs(
+            [PairRecord(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected, principle="politeness")
+             for p in politeness_pairs(120, seed=5)]
+        )  # fmt: skip
+        s.enqueue(["politeness", "helpfulness"], "judge-x")
+        for job in s.claim("w", judge="judge-x", limit=500, lease_s=60):
+            s.complete(job.id, "w", LabelIn(p_a=0.8 if "please" in job.response_a.split() else 0.2))
+    root = tmp_path / "adapters"
+    morlaif("pm", "train", "--principle", "single_pm", "--pool", "--store", url, "--version", "v1",
+            "--run-dir", str(tmp_path / "run"), "--base", str(tiny_encoder_dir), "--out-root", str(root),
+            *FAST)  # fmt: skip
+    m = json.loads((root / "single_pm" / "v1" / "principle.json").read_text())
+    got = [(d["principle"], d["pairs"]) for d in m["provenance"]["data"]]
+    # no --judge: politeness has the imported human labels as well as judge-x's
+    assert got == [("helpfulness", 120), ("politeness", 240)]
+    by = m["provenance"]["train"]["by_principle"]
+    assert set(by) == {"helpfulness", "politeness"}
