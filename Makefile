@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # the default adapter packages, committed (scripts/train_default_adapters.sh made them)
 ADAPTERS ?= adapters
+# /get_reward's default scalarizer: the weights `morlaif pm eval` fitted on human preferences, when present
+SCALARIZER_FILE ?= $(ADAPTERS)/weights.json
 
 .PHONY: up test install lint bench clean
 
@@ -23,7 +25,8 @@ $(STAMP): pyproject.toml | $(PY)
 install: $(STAMP)
 
 up: $(STAMP)
-	$(VENV)/bin/morlaif serve --insecure-dev --adapter-root $(ADAPTERS)
+	$(VENV)/bin/morlaif serve --insecure-dev --adapter-root $(ADAPTERS) \
+		$(if $(wildcard $(SCALARIZER_FILE)),--scalarizer-file $(SCALARIZER_FILE))
 
 test: $(STAMP)
 	$(PY) -m ruff check shared services tests benchmarks

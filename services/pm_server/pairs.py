@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import hashlib
 import math
-import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,9 +86,11 @@ def _unit_float(path: Path, n: int, obj: dict, key: str, default: float, *, uppe
     return float(v)
 
 
-def read_pairs(spec: DataSpec | str) -> list[Pair]:
+def read_pairs(spec: DataSpec | str | Path) -> list[Pair]:
     """Every pair of one data file (pair JSONL or HH-RLHF); errors name `file:line`."""
-    if isinstance(spec, str):
+    if isinstance(spec, Path):
+        spec = DataSpec(path=spec, principle=None) if spec.is_file() else parse_spec(str(spec))
+    elif isinstance(spec, str):
         spec = parse_spec(spec)
     path = spec.path
     try:
@@ -161,12 +162,6 @@ def split_by_prompt(pairs: Sequence[Pair], fraction: float, *, salt: str = "") -
     for pair in pairs:
         (held if prompt_bucket(pair.prompt, salt) < fraction else rest).append(pair)
     return rest, held
-
-
-def shuffled(pairs: Iterable[Pair], seed: int) -> list[Pair]:
-    out = list(pairs)
-    random.Random(seed).shuffle(out)
-    return out
 
 
 def summarize(pairs: Sequence[Pair]) -> dict[str, object]:
