@@ -480,6 +480,7 @@ def train_pm(
             # The order of an epoch depends only on (seed, epoch): a resumed run sees the same batches.
             order = torch.randperm(len(enc_train), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
             running = 0.0
+            # 1. one optimizer step per batch of pairs: chosen and rejected in one forward
             for b in range(int(state["batch_in_epoch"]), steps_per_epoch):
                 batch = [enc_train[int(i)] for i in order[b * config.batch_size : (b + 1) * config.batch_size]]
                 chosen, rejected = _forward_pairs(model, batch, pad_id, device)
