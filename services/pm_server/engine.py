@@ -10,6 +10,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from peft import PeftModel
@@ -17,7 +18,7 @@ from peft import PeftModel
 from pm_server.grouped import GroupedLoRA, unsupported_reason
 from pm_server.modeling import BaseModel
 
-__all__ = ["Row", "ScoringEngine", "BASE_ADAPTER"]
+__all__ = ["Row", "ScoringEngine", "BASE_ADAPTER", "collate"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,32 @@ class Row:
     input_ids: Sequence[int]
     token_type_ids: Sequence[int] | None
     adapter: str
+
+
+class _Sequence(Protocol):
+    @property
+    def input_ids(self) -> Sequence[int]: ...
+
+    @property
+    def token_type_ids(self) -> Sequence[int] | None: ...
+
+
+def collate(rows: Sequence[_Sequence], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
+    """Right-padded model inputs for `rows` (scoring here, training in `pm_server.training`)."""
+    width = max(len(r.input_ids) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
+    types = torch.zeros((len(rows), width), dtype=torch.long) if rows[0].token_type_ids is not None else None
+    for i, r in enumerate(rows):
+        n = len(r.input_ids)
+        ids[i, :n] = torch.as_tensor(r.input_ids)
+        mask[i, :n] = 1
+        if types is not None and r.token_type_ids is not None:
+            types[i, :n] = torch.as_tensor(r.token_type_ids)
+    out = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+    if types is not None:
+        out["token_type_ids"] = types.to(device)
+    return out
 
 
 class ScoringEngine:
@@ -119,20 +146,8 @@ class ScoringEngine:
         for r in rows:
             if r.adapter != BASE_ADAPTER and r.adapter not in self._adapters:
                 raise KeyError(f"adapter {r.adapter!r} is not loaded")
-        width = max(len(r.input_ids) for r in rows)
-        ids = torch.full((len(rows), width), self._pad_id, dtype=torch.long)  # (B, T)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)
-        types = torch.zeros((len(rows), width), dtype=torch.long) if rows[0].token_type_ids is not None else None
-        for i, r in enumerate(rows):
-            n = len(r.input_ids)
-            ids[i, :n] = torch.as_tensor(r.input_ids)
-            mask[i, :n] = 1
-            if types is not None and r.token_type_ids is not None:
-                types[i, :n] = torch.as_tensor(r.token_type_ids)
         device = self.base.device
-        kwargs: dict[str, object] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-        if types is not None:
-            kwargs["token_type_ids"] = types.to(device)
+        kwargs: dict[str, object] = dict(collate(rows, self._pad_id, device))
         names = [r.adapter for r in rows]
         if self._grouped is not None:
             slot = self._grouped.slot

@@ -133,21 +133,18 @@ def store_pairs(url: str, principle: str, *, judge: str | None = None) -> list[P
     """The judge's labels of `principle` in the label store, the favoured response as `chosen`."""
     from morlaif.store import open_store
 
-    out = []
     with open_store(url) as store:
-        for row in store.labels(principle, judge=judge):
-            a_wins = row["p_a"] >= 0.5
-            out.append(
-                Pair(
-                    prompt=row["prompt"],
-                    chosen=row["response_a"] if a_wins else row["response_b"],
-                    rejected=row["response_b"] if a_wins else row["response_a"],
-                    p=row["p_a"] if a_wins else 1.0 - row["p_a"],
-                    principle=principle,
-                    source=f"store:{row['judge']}",
-                )
+        return [
+            Pair(
+                prompt=r["prompt"],
+                chosen=r["chosen"],
+                rejected=r["rejected"],
+                p=r["p"],
+                principle=principle,
+                source=f"store:{r['judge']}",
             )
-    return out
+            for r in store.preferences(principle, judge=judge)
+        ]
 
 
 def prompt_bucket(prompt: str, salt: str = "") -> float:

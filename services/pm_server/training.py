@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from morlaif.errors import MorlaifError
 from morlaif.principles import get_principle
 from morlaif.protocol import Calibration
+from pm_server.engine import collate
 from pm_server.modeling import BaseModel, load_base
 from pm_server.package import PackageManifest, save_package
 from pm_server.pairs import Pair, split_by_prompt, summarize
@@ -213,27 +214,11 @@ class _Encoded:
     margin: float
 
 
-def _collate(rows: Sequence[Encoded], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (N, T)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)  # (N, T)
-    types = torch.zeros((len(rows), width), dtype=torch.long) if rows[0].token_type_ids is not None else None
-    for i, r in enumerate(rows):
-        ids[i, : len(r)] = torch.as_tensor(r.input_ids)
-        mask[i, : len(r)] = 1
-        if types is not None and r.token_type_ids is not None:
-            types[i, : len(r)] = torch.as_tensor(r.token_type_ids)
-    out = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-    if types is not None:
-        out["token_type_ids"] = types.to(device)
-    return out
-
-
 def _forward_pairs(
     model: torch.nn.Module, batch: Sequence[_Encoded], pad_id: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     rows = [b.chosen for b in batch] + [b.rejected for b in batch]
-    logits = model(**_collate(rows, pad_id, device)).logits[:, 0].float()  # (2B,)
+    logits = model(**collate(rows, pad_id, device)).logits[:, 0].float()  # (2B,)
     return logits[: len(batch)], logits[len(batch) :]
 
 

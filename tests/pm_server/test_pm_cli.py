@@ -205,20 +205,26 @@ def test_minilm_pm_learns_real_factuality_pairs(tmp_path, shared_data):
     assert m["metrics"]["val_accuracy"] > 0.6, (m["metrics"], res.stdout)
 
 
-def test_train_from_the_label_store_uses_soft_labels(tmp_path, tiny_encoder_dir):
-    """Judge labels in the store (p(A) of 0.9 or 0.1, in the store's own A/B order) train a PM."""
+def judged_store(tmp_path: Path, pairs: list[Pair], principles: list[str], *, p_polite: float) -> str:
+    """A SQLite label store with `pairs` imported and judge-x's labels for `principles`: p(A) = p_polite
+    when A is the response with "please", else 1 - p_polite."""
     from morlaif.store import LabelIn, PairRecord, open_store
 
     url = f"sqlite:///{tmp_path / 'labels.db'}"
     with open_store(url) as s:
         s.import_pairs(
-            [PairRecord(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected, principle="politeness")
-             for p in politeness_pairs(200, seed=3)]
-        )  # fmt: skip
-        s.enqueue(["politeness"], "judge-x")
-        for job in s.claim("w", judge="judge-x", limit=500, lease_s=60):
+            [PairRecord(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected, principle=p.principle) for p in pairs]
+        )
+        s.enqueue(principles, "judge-x")
+        for job in s.claim("w", judge="judge-x", limit=10 * len(pairs), lease_s=60):
             a_polite = "please" in job.response_a.split()
-            s.complete(job.id, "w", LabelIn(p_a=0.9 if a_polite else 0.1, judge_model="judge-x"))
+            s.complete(job.id, "w", LabelIn(p_a=p_polite if a_polite else 1 - p_polite, judge_model="judge-x"))
+    return url
+
+
+def test_train_from_the_label_store_uses_soft_labels(tmp_path, tiny_encoder_dir):
+    """Judge labels in the store (p(A) of 0.9 or 0.1, in the store's own A/B order) train a PM."""
+    url = judged_store(tmp_path, politeness_pairs(200, seed=3), ["politeness"], p_polite=0.9)
     root = tmp_path / "adapters"
     res = morlaif("pm", "train", "--principle", "politeness", "--store", url, "--judge", "judge-x",
                   "--version", "v1", "--run-dir", str(tmp_path / "run"), "--base", str(tiny_encoder_dir),
@@ -265,17 +271,7 @@ def test_ctrl_c_saves_a_consistent_checkpoint_and_the_rerun_resumes(tmp_path, ti
 
 
 def test_pooled_training_from_the_store_takes_every_principle(tmp_path, tiny_encoder_dir):
-    from morlaif.store import LabelIn, PairRecord, open_store
-
-    url = f"sqlite:///{tmp_path / 'labels.db'}"
-    with open_store(url) as s:
-        s.import_pairs(
-            [PairRecord(prompt=p.prompt, chosen=p.chosen, rejected=p.rejected, principle="politeness")
-             for p in politeness_pairs(120, seed=5)]
-        )  # fmt: skip
-        s.enqueue(["politeness", "helpfulness"], "judge-x")
-        for job in s.claim("w", judge="judge-x", limit=500, lease_s=60):
-            s.complete(job.id, "w", LabelIn(p_a=0.8 if "please" in job.response_a.split() else 0.2))
+    url = judged_store(tmp_path, politeness_pairs(120, seed=5), ["politeness", "helpfulness"], p_polite=0.8)
     root = tmp_path / "adapters"
     morlaif("pm", "train", "--principle", "single_pm", "--pool", "--store", url, "--version", "v1",
             "--run-dir", str(tmp_path / "run"), "--base", str(tiny_encoder_dir), "--out-root", str(root),

@@ -344,22 +344,26 @@ class Store:
         with Session(self.engine) as s:
             return [(c, p, j, float(v)) for c, p, j, v in s.execute(q)]
 
+    def preferences(self, principle: str, *, judge: str | None = None) -> Iterator[dict[str, Any]]:
+        """Labels as PM training pairs: chosen = the side with p >= 0.5, p = its probability of being better."""
+        for row in self.labels(principle, judge=judge):
+            a_wins = row["p_a"] >= 0.5
+            yield {
+                "id": f"{row['comparison_id'][:16]}-{row['judge']}",
+                "principle": principle,
+                "judge": row["judge"],
+                "prompt": row["prompt"],
+                "chosen": row["response_a"] if a_wins else row["response_b"],
+                "rejected": row["response_b"] if a_wins else row["response_a"],
+                "p": row["p_a"] if a_wins else 1.0 - row["p_a"],
+            }
+
     def export(self, principle: str, path: Path, *, judge: str | None = None) -> int:
-        """Pair JSONL for PM training: chosen/rejected (chosen = the side with p >= 0.5) and soft label p."""
+        """Pair JSONL for PM training (`preferences`), written atomically."""
         n = 0
         tmp = path.with_name(f".{path.name}.tmp")
         with tmp.open("w", encoding="utf-8") as f:
-            for row in self.labels(principle, judge=judge):
-                a_wins = row["p_a"] >= 0.5
-                rec = {
-                    "id": f"{row['comparison_id'][:16]}-{row['judge']}",
-                    "principle": principle,
-                    "judge": row["judge"],
-                    "prompt": row["prompt"],
-                    "chosen": row["response_a"] if a_wins else row["response_b"],
-                    "rejected": row["response_b"] if a_wins else row["response_a"],
-                    "p": row["p_a"] if a_wins else 1.0 - row["p_a"],
-                }
+            for rec in self.preferences(principle, judge=judge):
                 f.write(json.dumps(rec, ensure_ascii=False) + "\n")
                 n += 1
         tmp.replace(path)
