@@ -140,3 +140,15 @@ def test_score_with_a_scalarizer_file(pm, tmp_path, monkeypatch):
     spec.write_text('{"name": "linear", "weights": {"brevity": "x"}}')
     r = runner.invoke(app, ["score", str(src), str(out), "--url", pm.url, "--scalarizer-file", str(spec)])
     assert r.exit_code == 2 and "weights.brevity" in r.output and str(spec) in r.output
+
+
+def test_serve_rejects_a_bad_scalarizer_file(tmp_path):
+    f = tmp_path / "weights.json"
+    f.write_text('{"name": "nope", "weights": {"helpfulness": 1}}')
+    r = runner.invoke(app, ["serve", "--insecure-dev", "--scalarizer-file", str(f)])
+    assert r.exit_code == 2 and str(f) in r.output and "unknown scalarizer 'nope'" in r.output
+    f.write_text('{"name": "linear", "weights": {"helpfulness": -1}')
+    r = runner.invoke(app, ["serve", "--insecure-dev", "--scalarizer-file", str(f)])
+    assert r.exit_code == 2 and str(f) in r.output
+    r = runner.invoke(app, ["serve", "--insecure-dev", "--scalarizer-file", str(tmp_path / "missing.json")])
+    assert r.exit_code == 2 and "missing.json" in r.output and "cannot read" in r.output

@@ -69,6 +69,12 @@ class ServerSettings(BaseSettings):
                 spec = ScalarizerSpec.from_file(self.scalarizer_file)
             except ValueError as e:
                 raise SettingsError(str(e)) from e
+            from morlaif.scalarize import SCALARIZERS
+
+            if spec.name not in SCALARIZERS:
+                raise SettingsError(
+                    f"{self.scalarizer_file}: unknown scalarizer {spec.name!r}; known: {', '.join(SCALARIZERS)}"
+                )
             self.default_scalarizer = spec.name
             self.default_weights = spec.weights
             self.default_scalarizer_params = dict(spec.params)

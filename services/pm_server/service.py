@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 import torch
+from pydantic import ValidationError
 
 from morlaif.protocol import (
     AdapterAction,
@@ -132,7 +133,11 @@ class ScoringService:
         manifest_file = Path(resolve_base_id(self.base.model_id)) / MANIFEST
         if not manifest_file.is_file():
             return
-        m = PackageManifest.model_validate_json(manifest_file.read_bytes())
+        try:
+            m = PackageManifest.model_validate_json(manifest_file.read_bytes())
+        except ValidationError as e:
+            logger.error("not serving the base's own head: %s is invalid: %s", manifest_file, e.errors()[0]["msg"])
+            return
         if m.base_config_hash != self.base.config_hash:
             logger.error("not serving %s: %s does not match the base it sits in", m.name, manifest_file)
             return
