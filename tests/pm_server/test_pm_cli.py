@@ -282,3 +282,22 @@ def test_pooled_training_from_the_store_takes_every_principle(tmp_path, tiny_enc
     assert got == [("helpfulness", 120), ("politeness", 240)]
     by = m["provenance"]["train"]["by_principle"]
     assert set(by) == {"helpfulness", "politeness"}
+
+
+def test_eval_errors_are_clear(tmp_path, tiny_encoder_dir):
+    root = tmp_path / "adapters"
+    res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir), check=False)
+    assert res.returncode == 2 and "no packages to evaluate" in res.stderr
+    from pm_server.modeling import load_base
+    from pm_server.testing import make_random_package
+
+    make_random_package(root, load_base(str(tiny_encoder_dir)), "politeness")
+    res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir), "--principles",
+                  "politeness,factuality", check=False)  # fmt: skip
+    assert res.returncode == 2 and "no package for factuality" in res.stderr and "found: politeness" in res.stderr
+    res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir), check=False)
+    assert res.returncode == 2 and "nothing to evaluate" in res.stderr
+    res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir), "--validation-only",
+                  "--data", str(write_pairs(tmp_path / "p.jsonl", politeness_pairs(20))), check=False)  # fmt: skip
+    assert res.returncode == 2 and "records no validation split" in res.stderr
+    assert "Traceback" not in res.stderr
