@@ -174,9 +174,8 @@ class ScoringService:
         pairs = []
         limit = self.settings.max_text_chars
         for i, item in enumerate(items):
+            # An empty response is scored, not refused: an RL policy that stops at once must still get a reward.
             prompt, response = item.as_pair()
-            if not response.strip():
-                raise InvalidRequest("response must not be empty", field=f"{field}[{i}].response")
             for name, text in (("prompt", prompt), ("response", response)):
                 if len(text) > limit:
                     raise InvalidRequest(

@@ -402,3 +402,12 @@ def load_base_fresh(path):
     from pm_server.modeling import load_base
 
     return load_base(str(path))
+
+
+def test_an_empty_response_is_scored(server):
+    """An RL policy that stops at once still needs a reward."""
+    body = {"items": [{"prompt": "hi", "response": ""}], "principles": ["brevity", "factuality"]}
+    r = post(server, "/v1/score", body)
+    assert r.status_code == 200, r.text
+    res = r.json()["results"][0]
+    assert res["raw_scores"]["brevity"] == 0.0 and math.isfinite(res["raw_scores"]["factuality"])
