@@ -194,7 +194,6 @@ def test_refuses_to_start_without_keys(tiny_encoder_dir):
         ({"items": ITEMS, "scalarizer": {"name": "max_avg"}}, 400, "invalid_scalarizer", "scalarizer.name"),
         ({"items": []}, 422, "invalid_request", "items"),
         ({"items": [{"prompt": "p"}]}, 422, "invalid_request", "items.0"),
-        ({"items": [{"prompt": "p", "response": "  "}]}, 400, "invalid_request", "items[0].response"),
         ({"items": [{"prompt": "p", "response": "r" * 70000}]}, 400, "invalid_request", "items[0].response"),
         ({"items": [{"prompt": "p", "response": "r"}] * 600}, 400, "invalid_request", "items"),
         (
