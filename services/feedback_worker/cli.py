@@ -31,12 +31,9 @@ def _open(url: str, **kw: int):  # -> Store
     try:
         return open_store(url, **kw)
     except Exception as e:  # a bad URL or an unreachable server: say which, without the password
-        from sqlalchemy.engine import make_url
+        from morlaif.store.db import display_url
 
-        try:
-            shown = make_url(url).render_as_string(hide_password=True)
-        except Exception:
-            shown = "(unparsable URL)"
+        shown = display_url(url)
         typer.echo(f"error: cannot open the label store {shown}: {type(e).__name__}: {e}".replace(url, shown), err=True)
         raise typer.Exit(2) from None
 

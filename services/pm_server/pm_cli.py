@@ -47,18 +47,9 @@ def _layers(value: str | None) -> list[int] | None:
         raise typer.BadParameter("a comma-separated list of layer indices, e.g. 3,4,5", param_hint="--layers") from None
 
 
-def _hide_password(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<store url>"
-
-
 def _load_pairs(data: list[str] | None, store: str | None, judge: str | None, principles: list[str] | None) -> Any:
     """All pairs of the data files, plus the store's labels of `principles`; and their provenance."""
-    from pm_server.pairs import file_sha256, parse_spec, read_pairs, store_pairs
+    from pm_server.pairs import PairDataError, file_sha256, parse_spec, read_pairs, store_pairs
 
     pairs, sources = [], []
     for raw in data or []:
@@ -69,15 +60,22 @@ def _load_pairs(data: list[str] | None, store: str | None, judge: str | None, pr
             {"file": str(spec.path), "principle": spec.principle, "sha256": file_sha256(spec.path), "pairs": len(got)}
         )
     if store is not None:
-        if principles is None:  # pooled: every principle the store has labels for
-            from morlaif.store import open_store
+        from morlaif.store import open_store
+        from morlaif.store.db import display_url
 
-            with open_store(store) as st:
-                principles = sorted(st.status(judge))
-        for name in principles:
-            got = store_pairs(store, name, judge=judge)
-            pairs += got
-            sources.append({"store": _hide_password(store), "principle": name, "judge": judge, "pairs": len(got)})
+        shown = display_url(store)
+        try:
+            if principles is None:  # pooled: every principle the store has labels for
+                with open_store(store) as st:
+                    principles = sorted(st.status(judge))
+            for name in principles:
+                got = store_pairs(store, name, judge=judge)
+                pairs += got
+                sources.append({"store": shown, "principle": name, "judge": judge, "pairs": len(got)})
+        except Exception as e:  # a bad URL or an unreachable server: say which, without the password
+            raise PairDataError(
+                f"cannot read the label store {shown}: {type(e).__name__}: {e}".replace(store, shown)
+            ) from e
     return pairs, sources
 
 

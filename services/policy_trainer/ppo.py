@@ -210,9 +210,7 @@ class PPOTrainer:
     def _score(self, prompts: list[str], texts: list[str]) -> tuple[torch.Tensor, dict[str, float]]:
         """Scalarized rewards of the batch, all from the same adapter versions (rescored if they changed)."""
         r = self.reward
-        kwargs = dict(
-            principles=r.principles, scalarizer=r.scalarizer, weights=r.weights, params=r.params or None
-        )
+        kwargs = dict(principles=r.principles, scalarizer=r.scalarizer, weights=r.weights, params=r.params or None)
         try:
             res = self.client.score(prompts, texts, expected_versions=self.pinned_versions, **kwargs)
         except APIStatusError as e:

@@ -11,7 +11,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
-__all__ = ["open_store", "make_engine", "migrate", "MIGRATIONS"]
+__all__ = ["open_store", "make_engine", "migrate", "display_url", "MIGRATIONS"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATE_LOCK = threading.Lock()  # Alembic keeps its context in module globals
@@ -53,6 +53,14 @@ def migrate(engine: Engine) -> None:
             conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATE_LOCK_KEY})
         cfg.attributes["connection"] = conn
         command.upgrade(cfg, "head")
+
+
+def display_url(url: str) -> str:
+    """The store URL as it may be shown in messages and provenance: the password hidden."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # an unparsable URL may hold anything; show none of it
+        return "(unparsable URL)"
 
 
 def open_store(url: str, *, max_attempts: int = 5):  # -> Store (import cycle kept out of the signature)
