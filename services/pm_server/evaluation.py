@@ -13,7 +13,6 @@ the wrong way on human preferences gets weight 0 rather than a reward that falls
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from typing import Any
 
 import torch
 
+from morlaif.errors import ScalarizeError
 from morlaif.protocol import ScalarizerSpec
 from morlaif.scalarize import SCALARIZERS, scalarize
 from pm_server.engine import BASE_ADAPTER, Row, ScoringEngine
@@ -215,6 +215,7 @@ class MultiObjectiveResult:
     single_pm: Accuracy | None = None
     single_pm_name: str | None = None
     longer_wins: Accuracy | None = None
+    margins: dict[str, torch.Tensor] = field(default_factory=dict)  # per principle, over fit and test pairs
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -244,8 +245,13 @@ def multi_objective(
         raise ValueError(f"{len(human)} human pairs are too few to split into fitting and test prompts")
     names = list(principles)
 
+    margins: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+
     def scores(part: Sequence[Pair]) -> tuple[torch.Tensor, torch.Tensor]:
-        s = torch.stack([scorer.pair_scores(n, part) for n in names], dim=2)  # (N, 2, P)
+        per = [scorer.pair_scores(n, part) for n in names]  # P x (N, 2)
+        for n, s in zip(names, per, strict=True):
+            margins[n].append(labelled_margins(s, part))
+        s = torch.stack(per, dim=2)  # (N, 2, P)
         return s[:, 0, :], s[:, 1, :]
 
     fit_c, fit_r = scores(fit)
@@ -255,16 +261,21 @@ def multi_objective(
         w = torch.ones(len(names))
     weights = {n: round(float(x), 6) for n, x in zip(names, w, strict=True)}
     test_c, test_r = scores(test)
-    res = MultiObjectiveResult(principles=names, weights=weights, fit_pairs=len(fit), test_pairs=len(test))
-    for sname, info in SCALARIZERS.items():
+    res = MultiObjectiveResult(
+        principles=names,
+        weights=weights,
+        fit_pairs=len(fit),
+        test_pairs=len(test),
+        margins={n: torch.cat(m) for n, m in margins.items()},
+    )
+    for sname in SCALARIZERS:
         try:
             a = scalarize(test_c, names, name=sname, weights=weights)
             b = scalarize(test_r, names, name=sname, weights=weights)
-        except Exception as e:  # a scalarizer that needs parameters we cannot guess is skipped, and said so
+        except ScalarizeError as e:  # a scalarizer that needs parameters we cannot guess is skipped, and said so
             logger.warning("scalarizer %s skipped: %s", sname, e)
             continue
         res.per_scalarizer[sname] = accuracy(a, b)
-        del info
     for i, n in enumerate(names):
         res.per_principle[n] = accuracy(test_c[:, i], test_r[:, i])
     if single_pm is not None:
@@ -274,13 +285,11 @@ def multi_objective(
     return res
 
 
-def write_scalarizer_file(path: Path, weights: dict[str, float], *, name: str = "linear", **extra: Any) -> None:
+def write_scalarizer_file(path: Path, weights: dict[str, float], *, name: str = "linear") -> None:
     """The fitted weights as a scalarizer file: `MORLAIF_SCALARIZER_FILE` of the server, the trainer's too."""
     spec = ScalarizerSpec(name=name, weights=weights)
-    body = json.loads(spec.model_dump_json())
-    body.update(extra)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(body, indent=2) + "\n")
+    path.write_text(spec.model_dump_json(indent=2) + "\n")
 
 
 def fmt(a: Accuracy | dict[str, Any]) -> str:

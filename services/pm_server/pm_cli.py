@@ -317,8 +317,7 @@ def evaluate(
         except ValueError as e:
             raise _fail(str(e)) from None
         result["multi_objective"] = mo.to_dict()
-        margins = {n: labelled_margins(scorer.pair_scores(n, human_pairs), human_pairs) for n in names}
-        agree_names, matrix = agreement_matrix(margins)
+        agree_names, matrix = agreement_matrix(mo.margins)  # the margins multi_objective already scored
         result["agreement"] = {"names": agree_names, "matrix": matrix, "pairs": len(human_pairs)}
         weights_file = out / "weights.json"
         write_scalarizer_file(weights_file, mo.weights)
