@@ -136,6 +136,11 @@ class PolicyWithValue(nn.Module):
         return out.logits, values
 
 
+def _position_ids(attn: torch.Tensor) -> torch.Tensor:
+    """Positions as generate() numbers left-padded rows: the first real token is 0."""
+    return (attn.long().cumsum(1) - 1).clamp(min=0)
+
+
 def _response_mask(responses: torch.Tensor, eos_id: int | None, pad_id: int) -> torch.Tensor:
     """1 for response tokens up to and including the first eos; 0 after (what generate pads with)."""
     if eos_id is None:
@@ -231,7 +236,7 @@ class PPOTrainer:
         self, model: nn.Module, ids: torch.Tensor, attn: torch.Tensor, n_resp: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Log-probs (B, R), values (B, R) and logits (B, R, V) of the response tokens."""
-        position_ids = (attn.long().cumsum(1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
+        position_ids = _position_ids(attn)
         logits, values = model(ids, attn.long(), position_ids)
         logits = logits[:, -n_resp - 1 : -1]  # (B, R, V): the logits that produced each response token
         values = values[:, -n_resp - 1 : -1]  # (B, R)
@@ -239,7 +244,7 @@ class PPOTrainer:
 
     @torch.no_grad()
     def _ref_logprobs(self, ids: torch.Tensor, attn: torch.Tensor, n_resp: int) -> torch.Tensor:
-        position_ids = (attn.long().cumsum(1) - 1).clamp(min=0)
+        position_ids = _position_ids(attn)
         if self._peft:
             with self.policy.lm.disable_adapter():
                 logits = self.policy.lm(input_ids=ids, attention_mask=attn.long(), position_ids=position_ids).logits
