@@ -25,12 +25,10 @@ import json
 import logging
 import math
 import os
-import signal
-import subprocess
 import threading
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +40,8 @@ from safetensors.torch import load_file, save_file
 from morlaif.errors import MorlaifError
 from morlaif.principles import get_principle
 from morlaif.protocol import Calibration
+from morlaif.runs import defer_sigint, git_commit
+from morlaif.runs import progress as progress_bar
 from pm_server.engine import collate
 from pm_server.modeling import BaseModel, load_base
 from pm_server.package import PackageManifest, save_package
@@ -322,43 +322,6 @@ class _RunDir:
             torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
 
 
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
-@contextlib.contextmanager
-def _defer_sigint(flag: threading.Event) -> Iterator[None]:
-    """The first Ctrl-C sets `flag` (the loop stops after the current step); a second one stops at once."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if flag.is_set():
-            raise KeyboardInterrupt
-        flag.set()
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
-
-
 # ------------------------------------------------------------------------------------------ training
 def train_pm(
     pairs: Sequence[Pair],
@@ -456,10 +419,10 @@ def train_pm(
         rd.save(model, opt, sched, state)
 
     stack = contextlib.ExitStack()
-    bar = _progress(total_steps, resumed_from, f"train {principle}", progress)
+    bar = progress_bar(total_steps, resumed_from, f"train {principle}", progress)
     interrupted = threading.Event()
     try:
-        stack.enter_context(_defer_sigint(interrupted))
+        stack.enter_context(defer_sigint(interrupted))
         while state["epoch"] < config.epochs and not state.get("stopped_early"):
             epoch = int(state["epoch"])
             # The order of an epoch depends only on (seed, epoch): a resumed run sees the same batches.
@@ -552,7 +515,7 @@ def train_pm(
             "train": summarize(train),
             "validation": summarize(val),
             "split": {"by": "prompt", "val_fraction": config.val_fraction, "salt": f"val{config.seed}"},
-            "git_commit": _git_commit(),
+            "git_commit": git_commit(),
             "settings": config.to_dict(),
             "versions": {
                 "torch": torch.__version__,

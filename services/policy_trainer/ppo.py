@@ -12,10 +12,12 @@ With LoRA the reference model is the policy with its adapters disabled: one copy
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
+import random
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -36,7 +38,15 @@ from policy_trainer.ppo_core import (
     value_loss,
 )
 
-__all__ = ["GenerationConfig", "PPOConfig", "PPOTrainer", "PolicyWithValue", "RewardConfig"]
+__all__ = [
+    "GenerationConfig",
+    "PPOConfig",
+    "PPOTrainer",
+    "PolicyWithValue",
+    "RewardConfig",
+    "rng_state",
+    "set_rng_state",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +87,16 @@ class PPOConfig:
     """Clip the (normalised) score to [-reward_clip, reward_clip]."""
     max_grad_norm: float = 1.0
     """Gradient clipping."""
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    """Learning rate over the run: constant, or linear decay to 0 at total_steps."""
+    total_steps: int = 0
+    """Steps of the linear schedule (set from run.steps by `morlaif ppo train`)."""
 
     def __post_init__(self) -> None:
-        if self.batch_size % self.mini_batch_size:
+        if self.batch_size < 1 or self.mini_batch_size < 1 or self.batch_size % self.mini_batch_size:
             raise ValueError(f"mini_batch_size {self.mini_batch_size} must divide batch_size {self.batch_size}")
+        if self.lr_schedule == "linear" and self.total_steps < 1:
+            raise ValueError("the linear schedule needs total_steps")
 
 
 @dataclass(kw_only=True)
@@ -89,6 +105,8 @@ class GenerationConfig:
 
     max_new_tokens: int = 32
     """Most tokens per response."""
+    max_prompt_tokens: int = 256
+    """Longer prompts lose their beginning."""
     temperature: float = 1.0
     """Sampling temperature (1: the policy's own distribution, which PPO's ratios assume)."""
     top_k: int = 0
@@ -103,8 +121,8 @@ class RewardConfig:
 
     url: str = "http://127.0.0.1:8000"
     """PM server URL."""
-    api_key: str | None = None
-    """Bearer key (MORLAIF_API_KEY); never logged."""
+    api_key_env: str = "MORLAIF_API_KEY"
+    """Environment variable holding the bearer key (a key never goes in a config file or a log)."""
     principles: list[str] | None = None
     """Principles to score (default: the weights' keys, else all the server has)."""
     scalarizer: str = "linear"
@@ -113,6 +131,24 @@ class RewardConfig:
     """Weight per principle."""
     params: dict[str, Any] = field(default_factory=dict)
     """Scalarizer parameters."""
+    weights_file: str | None = None
+    """Scalarizer, weights and params from a JSON file (the weights.json of `morlaif pm eval`); replaces the
+    three keys above."""
+    timeout: float = 120.0
+    """Seconds per scoring request."""
+    max_retries: int = 6
+    """Retries (with backoff) on transport errors, 429 and 503; then the run saves a checkpoint and stops."""
+
+    def resolved(self) -> RewardConfig:
+        """This config with weights_file read into scalarizer, weights and params."""
+        if self.weights_file is None:
+            return self
+        from morlaif.protocol import ScalarizerSpec
+
+        spec = ScalarizerSpec.from_file(self.weights_file)
+        return dataclasses.replace(
+            self, scalarizer=spec.name, weights=spec.weights, params=dict(spec.params), weights_file=None
+        )
 
 
 class PolicyWithValue(nn.Module):
@@ -172,6 +208,12 @@ class PPOTrainer:
         self.reward = reward
         params = [p for p in self.policy.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
+        total = max(config.total_steps, 1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            (lambda step: max(0.0, 1.0 - step / total)) if config.lr_schedule == "linear" else (lambda step: 1.0),
+        )
+        self.steps_done = 0
         self.kl_ctl: AdaptiveKLController | FixedKLController = (
             AdaptiveKLController(kl_coef=config.init_kl_coef, target=config.kl_target, horizon=config.kl_horizon)
             if config.adaptive_kl
@@ -182,6 +224,7 @@ class PPOTrainer:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
+        tokenizer.truncation_side = "left"  # a long prompt keeps its end, where the question is
 
     @property
     def device(self) -> torch.device:
@@ -189,9 +232,11 @@ class PPOTrainer:
 
     # ------------------------------------------------------------------------------------------ phases
     @torch.no_grad()
-    def _generate(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-        enc = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+    def _generate(self, queries: list[str]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
         g = self.generation
+        enc = self.tokenizer(
+            queries, return_tensors="pt", padding=True, truncation=True, max_length=g.max_prompt_tokens
+        ).to(self.device)
         self.policy.eval()
         out = self.policy.lm.generate(
             **enc,
@@ -254,14 +299,20 @@ class PPOTrainer:
         return logprobs_from_logits(logits[:, -n_resp - 1 : -1], ids[:, -n_resp:])
 
     # -------------------------------------------------------------------------------------------- step
-    def step(self, prompts: list[str]) -> dict[str, float]:
-        """One PPO step on `prompts` (len == batch_size); returns the step's statistics."""
+    def step(self, prompts: list[str], queries: list[str] | None = None) -> dict[str, float]:
+        """One PPO step on `prompts` (len == batch_size); returns the step's statistics.
+
+        `queries` are the texts the policy continues (e.g. `prompts` in its chat template); the PM server
+        scores (prompt, response). Nothing is updated before every reward has arrived: a scoring failure
+        leaves the weights, optimizer and controllers as they were.
+        """
         cfg = self.config
         if len(prompts) != cfg.batch_size:
             raise ValueError(f"a step takes batch_size={cfg.batch_size} prompts, got {len(prompts)}")
+        queries = prompts if queries is None else queries
         t0 = time.perf_counter()
         # 1. generate
-        ids, attn, mask, texts = self._generate(prompts)  # (B, P+R), (B, P+R), (B, R)
+        ids, attn, mask, texts = self._generate(queries)  # (B, P+R), (B, P+R), (B, R)
         n_resp = mask.shape[1]
         # 2. score through the PM server
         t1 = time.perf_counter()
@@ -310,11 +361,15 @@ class PPOTrainer:
         # 6. the KL controller sees the mean sequence KL of this batch
         seq_kl = float(kl.sum(1).mean())
         self.kl_ctl.update(seq_kl, cfg.batch_size)
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        self.steps_done += 1
         elapsed = time.perf_counter() - t0
         out = {
             "reward": raw_mean,
             "kl": seq_kl,
             "beta": beta,
+            "lr": lr,
             "response_tokens": float(mask.sum(1).mean()),
             "seconds": elapsed,
             "reward_wait_seconds": reward_wait,
@@ -322,3 +377,49 @@ class PPOTrainer:
             **{f"score/{p}": v for p, v in per_principle.items()},
         }
         return out
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def trainable_state(self) -> dict[str, torch.Tensor]:
+        """The weights the optimizer changes (LoRA and value head, or everything with full fine-tuning)."""
+        return {n: p.detach().cpu().contiguous() for n, p in self.policy.named_parameters() if p.requires_grad}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything but the weights that makes the next step the same as in an uninterrupted run."""
+        return {
+            "steps_done": self.steps_done,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "kl_ctl": self.kl_ctl.state_dict(),
+            "reward_moments": self.reward_moments.state_dict(),
+            "pinned_versions": self.pinned_versions,
+        }
+
+    def load_state(self, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        params = dict(self.policy.named_parameters())
+        missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
+        if missing:
+            raise ValueError(f"the checkpoint lacks {len(missing)} trainable tensors, e.g. {missing[0]}")
+        with torch.no_grad():
+            for n, t in weights.items():
+                params[n].copy_(t)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.reward_moments.load_state_dict(state["reward_moments"])
+        self.pinned_versions = state["pinned_versions"]
+        self.steps_done = int(state["steps_done"])
+
+
+def rng_state() -> dict[str, Any]:
+    """The RNG states a step consumes (sampling, minibatch order, dropout)."""
+    out: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    return out
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

@@ -12,6 +12,7 @@ import typer
 from feedback_worker.cli import app as feedback_app
 from pm_server.cli import serve
 from pm_server.pm_cli import app as pm_app
+from policy_trainer.cli import app as ppo_app
 
 app = typer.Typer(
     name="morlaif",
@@ -23,6 +24,7 @@ app = typer.Typer(
 app.command("serve")(serve)
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(pm_app, name="pm")
+app.add_typer(ppo_app, name="ppo")
 
 
 def _json_option(value: str | None, name: str) -> Any:

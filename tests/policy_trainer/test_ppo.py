@@ -2,46 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import statistics
 
-import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from morlaif.client import MorlaifClient
-from pm_server.api import create_app
-from pm_server.config import ServerSettings
 from policy_trainer.ppo import GenerationConfig, PPOConfig, PPOTrainer, RewardConfig
-
-WORDS = "good bad cat dog sun rain tree stone blue red one two three four five six".split()  # noqa: SIM905
-
-
-def tiny_lm(seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
-    vocab = {"[PAD]": 0, "[UNK]": 1, "<s>": 2, "</s>": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="[PAD]", unk_token="[UNK]"
-    )
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0, bos_token_id=2, eos_token_id=3,
-    )  # fmt: skip
-    return LlamaForCausalLM(cfg), tokenizer
-
-
-@pytest.fixture
-def rule_server(live_server, tiny_encoder_dir, tmp_path):
-    """A PM server whose only principle is a rule: 1 when the response says "good", else 0."""
-    rules = tmp_path / "rules.json"
-    rules.write_text(json.dumps([{"name": "says_good", "kind": "regex", "pattern": r"\bgood\b"}]))
-    settings = ServerSettings(
-        base_model=str(tiny_encoder_dir), adapter_root=tmp_path / "none", rules_file=rules, insecure_dev=True
-    )
-    return live_server(create_app(settings)).start()
+from policy_trainer.testing import WORDS, tiny_lm
 
 
 def run(server_url: str, kl_coef: float, steps: int, seed: int = 0) -> list[dict[str, float]]:
@@ -53,8 +20,14 @@ def run(server_url: str, kl_coef: float, steps: int, seed: int = 0) -> list[dict
             lm,
             tok,
             client,
-            config=PPOConfig(batch_size=16, mini_batch_size=8, learning_rate=3e-3, init_kl_coef=kl_coef,
-                             adaptive_kl=False, normalize_rewards=False),  # fmt: skip
+            config=PPOConfig(
+                batch_size=16,
+                mini_batch_size=8,
+                learning_rate=3e-3,
+                init_kl_coef=kl_coef,
+                adaptive_kl=False,
+                normalize_rewards=False,
+            ),  # fmt: skip
             generation=GenerationConfig(max_new_tokens=6),
             reward=RewardConfig(url=server_url, weights={"says_good": 1.0}),
         )

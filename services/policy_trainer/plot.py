@@ -1,0 +1,78 @@
+"""`morlaif ppo plot`: a run's per-principle reward curves and KL, as one PNG."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from morlaif.errors import MorlaifError
+
+__all__ = ["PlotError", "read_metrics", "plot_run"]
+
+
+class PlotError(MorlaifError):
+    """A metrics file that cannot be plotted."""
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    """The rows of a run's metrics.jsonl (a torn last line is skipped; any other bad line is an error)."""
+    if not path.is_file():
+        raise PlotError(f"{path}: no such metrics file (is this a `morlaif ppo train` run folder?)")
+    lines = path.read_text().splitlines()
+    rows = []
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if n == len(lines):
+                break  # the run was killed mid-write
+            raise PlotError(f"{path}:{n}: invalid JSON: {e.msg}") from None
+    if not rows:
+        raise PlotError(f"{path}: no steps logged yet")
+    return rows
+
+
+def _smooth(xs: list[float], k: int) -> list[float]:
+    out, acc = [], 0.0
+    for i, x in enumerate(xs):
+        acc += x
+        if i >= k:
+            acc -= xs[i - k]
+        out.append(acc / min(i + 1, k))
+    return out
+
+
+def plot_run(run_dir: Path, out: Path | None = None, *, smooth: int = 5) -> Path:
+    """Per-principle mean scores and the scalarized reward (top), KL and beta (bottom), against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    steps = [r["step"] for r in rows]
+    principles = sorted({k for r in rows for k in r if k.startswith("score/")})
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)
+    for key in principles:
+        ys = [r.get(key, float("nan")) for r in rows]
+        top.plot(steps, _smooth(ys, smooth), label=key.removeprefix("score/"))
+    top.plot(steps, _smooth([r["reward"] for r in rows], smooth), "k-", lw=2, label="scalarized reward")
+    top.set_ylabel(f"mean score (moving average of {smooth})")
+    top.legend(loc="best", fontsize=8)
+    top.grid(alpha=0.3)
+    bottom.plot(steps, [r["kl"] for r in rows], label="KL to reference (nats / response)")
+    bottom.set_ylabel("KL")
+    bottom.set_xlabel("PPO step")
+    twin = bottom.twinx()
+    twin.plot(steps, [r["beta"] for r in rows], "r--", label="beta")
+    twin.set_ylabel("beta", color="r")
+    bottom.legend(loc="upper left", fontsize=8)
+    bottom.grid(alpha=0.3)
+    fig.suptitle(f"PPO run {run_dir.name}: {len(rows)} steps")
+    fig.tight_layout()
+    out = out or run_dir / "rewards.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

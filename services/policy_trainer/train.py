@@ -1,0 +1,354 @@
+"""A PPO run: load the policy, stream prompts, step the trainer, log, checkpoint, resume.
+
+A run folder (``run.out_dir``) holds::
+
+    config.yaml          the configuration it was started with (a rerun with another one is refused)
+    checkpoint/          weights.safetensors (trainable tensors) + state.pt (optimizer, scheduler, KL
+                         controller, reward moments, pinned adapter versions, RNG), replaced atomically
+    metrics.jsonl        one line per step
+    tb/                  TensorBoard events
+    policy/              the trained policy (a PEFT adapter or a full model) + tokenizer + morlaif_policy.json
+
+Running the same command again resumes from the checkpoint and continues the same run exactly: the
+prompt order is a function of (seed, step), and every other source of randomness is in the checkpoint.
+When the PM server stops answering and the client's retries run out, the run saves a checkpoint of the
+state before the failed step and stops with `RewardUnavailableError`: a step never trains on a missing reward.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from safetensors.torch import load_file, save_file
+
+from morlaif.client import MorlaifClient, RetryPolicy
+from morlaif.errors import APIStatusError, ClientError, MorlaifError, RetriesExhaustedError
+from morlaif.runs import defer_sigint, git_commit, progress
+from policy_trainer.config import ConfigError, ModelConfig, TrainConfig, config_to_dict
+from policy_trainer.data import read_prompts, render, split_prompts
+from policy_trainer.ppo import PPOTrainer, rng_state, set_rng_state
+
+__all__ = ["RewardUnavailableError", "RunResult", "load_policy", "load_trained_policy", "train", "prompt_batches"]
+
+logger = logging.getLogger(__name__)
+
+POLICY_MANIFEST = "morlaif_policy.json"
+# what a rerun may change and still continue the same run (a PM server that moved, a longer run)
+_RESUMABLE_CHANGES = {
+    ("run", "steps"),
+    ("run", "save_every"),
+    ("run", "tensorboard"),
+    ("reward", "url"),
+    ("reward", "api_key_env"),
+    ("reward", "timeout"),
+    ("reward", "max_retries"),
+    ("model", "device"),
+}
+
+
+class RewardUnavailableError(MorlaifError):
+    """The PM server could not give the rewards of a step; the run saved a checkpoint and stopped."""
+
+
+@dataclass(kw_only=True)
+class RunResult:
+    steps_done: int
+    resumed_from: int
+    interrupted: bool
+    out_dir: Path
+    history: list[dict[str, float]]
+
+
+# ------------------------------------------------------------------------------------------ models
+def _resolve(name_or_path: str) -> str:
+    from morlaif.models import SMOLLM2, smollm2_dir
+
+    return str(smollm2_dir()) if name_or_path == SMOLLM2 else name_or_path
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_policy(cfg: ModelConfig) -> tuple[Any, Any]:
+    """(model, tokenizer) as the config says; with LoRA a fresh adapter named "default" is attached."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _resolve(cfg.name_or_path)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, cfg.dtype))
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(
+            r=cfg.lora_r,
+            lora_alpha=cfg.lora_alpha,
+            lora_dropout=0.0,  # dropout would make the rollout's log-probs differ from the update's at ratio 1
+            target_modules=cfg.lora_target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, lora)
+    return model.to(resolve_device(cfg.device)), tokenizer
+
+
+def load_trained_policy(path: str | Path, *, device: str = "auto") -> tuple[Any, Any]:
+    """A policy to sample from: a run folder, its policy/ folder, `smollm2`, a model folder or a hub id."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    p = Path(path)
+    if (p / "policy" / POLICY_MANIFEST).is_file():
+        p = p / "policy"
+    if (p / POLICY_MANIFEST).is_file():
+        manifest = json.loads((p / POLICY_MANIFEST).read_text())
+        if manifest.get("lora"):
+            from peft import PeftModel
+
+            base = AutoModelForCausalLM.from_pretrained(_resolve(manifest["base"]), dtype=torch.float32)
+            model = PeftModel.from_pretrained(base, str(p)).merge_and_unload()
+        else:
+            model = AutoModelForCausalLM.from_pretrained(str(p), dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(p))
+    else:
+        src = _resolve(str(path))
+        model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(src)
+    return model.to(resolve_device(device)).eval(), tokenizer
+
+
+# -------------------------------------------------------------------------------------------- data
+def prompt_batches(n_prompts: int, batch_size: int, seed: int, step: int) -> list[int]:
+    """Indices of step `step`'s prompts: epochs of seeded permutations, so a resumed run sees the same order."""
+    if n_prompts < batch_size:
+        raise ValueError(f"{n_prompts} training prompts are fewer than one batch ({batch_size})")
+    per_epoch = n_prompts // batch_size  # a partial last batch is dropped, as a DataLoader with drop_last
+    epoch, k = divmod(step, per_epoch)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    order = torch.randperm(n_prompts, generator=g)
+    return order[k * batch_size : (k + 1) * batch_size].tolist()
+
+
+# ----------------------------------------------------------------------------------------- run dir
+class RunDir:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ckpt = root / "checkpoint"
+        self.metrics = root / "metrics.jsonl"
+        self.config = root / "config.yaml"
+
+    def check_config(self, cfg: TrainConfig) -> None:
+        """Write config.yaml, or refuse a rerun whose config differs in more than the run's length."""
+        new = config_to_dict(cfg)
+        if not self.config.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            self.config.write_text(yaml.safe_dump(new, sort_keys=False))
+            return
+        old = yaml.safe_load(self.config.read_text()) or {}
+        diffs = [
+            f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}"
+            for s, sub in new.items()
+            for k, v in sub.items()
+            if (s, k) not in _RESUMABLE_CHANGES and old.get(s, {}).get(k) != v
+        ]
+        if diffs:
+            raise ConfigError(
+                f"{self.root} holds a run with another configuration ({'; '.join(diffs[:3])}); "
+                "use another run.out_dir, or delete the folder to start over"
+            )
+        self.config.write_text(yaml.safe_dump(new, sort_keys=False))
+
+    def save(self, trainer: PPOTrainer, rng: dict[str, Any]) -> None:
+        """Write the checkpoint to a fresh folder, then swap it in: a crash never leaves half a checkpoint."""
+        tmp = self.root / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_file(trainer.trainable_state(), str(tmp / "weights.safetensors"))
+        torch.save({**trainer.state_dict(), "rng": rng}, tmp / "state.pt")
+        old = self.root / "checkpoint.old"
+        shutil.rmtree(old, ignore_errors=True)
+        if self.ckpt.exists():
+            os.replace(self.ckpt, old)
+        os.replace(tmp, self.ckpt)
+        shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, trainer: PPOTrainer) -> int:
+        """Restore the last checkpoint into `trainer`; the number of steps it had done (0: none)."""
+        if not (self.ckpt / "state.pt").is_file():
+            return 0
+        state = torch.load(self.ckpt / "state.pt", weights_only=True)
+        trainer.load_state(load_file(str(self.ckpt / "weights.safetensors")), state)
+        set_rng_state(state["rng"])
+        self._truncate_metrics(trainer.steps_done)
+        return trainer.steps_done
+
+    def _truncate_metrics(self, steps_done: int) -> None:
+        """Drop lines of steps after the checkpoint (they will be run again)."""
+        if not self.metrics.is_file():
+            return
+        keep = []
+        for line in self.metrics.read_text().splitlines():
+            try:
+                if json.loads(line)["step"] <= steps_done:
+                    keep.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue  # a torn last line
+        self.metrics.write_text("".join(f"{x}\n" for x in keep))
+
+    def log(self, row: dict[str, Any]) -> None:
+        with self.metrics.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def save_policy(self, trainer: PPOTrainer, tokenizer: Any, cfg: TrainConfig) -> Path:
+        out = self.root / "policy"
+        tmp = self.root / "policy.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        trainer.policy.lm.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        manifest = {
+            "base": cfg.model.name_or_path,
+            "lora": cfg.model.lora,
+            "steps": trainer.steps_done,
+            "git_commit": git_commit(),
+            "written": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        }
+        (tmp / POLICY_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        shutil.rmtree(out, ignore_errors=True)
+        os.replace(tmp, out)
+        return out
+
+
+def _tensorboard(root: Path, purge_step: int) -> Any:
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(str(root / "tb"), purge_step=purge_step + 1)
+
+
+def _check_principles(client: MorlaifClient, cfg: TrainConfig) -> None:
+    """Fail before loading the policy when the server lacks a principle the rewards need."""
+    served = {p.name for p in client.principles().principles}
+    r = cfg.reward
+    wanted = [*(r.principles or []), *((r.weights or {}).keys())]
+    missing = sorted({p for p in wanted if p not in served})
+    if missing:
+        raise ConfigError(
+            f"reward: the PM server at {r.url} does not serve {', '.join(missing)} "
+            f"(it serves {', '.join(sorted(served))})"
+        )
+
+
+# --------------------------------------------------------------------------------------------- run
+def train(
+    cfg: TrainConfig,
+    *,
+    progress_bar: bool = True,
+    on_step: Callable[[int, dict[str, float]], None] | None = None,
+    client: MorlaifClient | None = None,
+) -> RunResult:
+    """Run (or resume) the PPO run `cfg` describes; returns when run.steps are done or Ctrl-C stopped it."""
+    cfg = dataclasses.replace(cfg, reward=cfg.reward.resolved())
+    run = RunDir(Path(cfg.run.out_dir))
+    # 1. prompts (fail on bad data before anything slow)
+    prompts = read_prompts(cfg.data.prompts)
+    train_prompts, held_out = split_prompts(prompts, cfg.data.eval_fraction, salt=cfg.data.split_salt)
+    logger.info("%d prompts: %d for training, %d held out", len(prompts), len(train_prompts), len(held_out))
+    prompt_batches(len(train_prompts), cfg.ppo.batch_size, cfg.run.seed, 0)  # enough prompts for a batch?
+    # 2. the PM server (before the policy: a wrong URL or principle fails in a second, not a minute)
+    own_client = client is None
+    if client is None:
+        retry = RetryPolicy(max_retries=cfg.reward.max_retries)
+        key = os.environ.get(cfg.reward.api_key_env)
+        client = MorlaifClient(cfg.reward.url, api_key=key, timeout=cfg.reward.timeout, retry=retry)
+    try:
+        try:
+            _check_principles(client, cfg)
+        except RetriesExhaustedError as e:
+            raise RewardUnavailableError(f"cannot reach the PM server at {cfg.reward.url}: {e}") from e
+        except APIStatusError as e:
+            raise RewardUnavailableError(f"the PM server at {cfg.reward.url} refused: {e}") from e
+        run.check_config(cfg)
+        # 3. the policy, the trainer, and the checkpoint if there is one
+        torch.manual_seed(cfg.run.seed)
+        model, tokenizer = load_policy(cfg.model)
+        trainer = PPOTrainer(model, tokenizer, client, config=cfg.ppo, generation=cfg.generation, reward=cfg.reward)
+        resumed_from = run.load(trainer)
+        if resumed_from:
+            logger.warning("resuming %s from step %d", run.root, resumed_from)
+        queries = [render(p, tokenizer, chat_template=cfg.data.chat_template) for p in train_prompts]
+        return _loop(cfg, run, trainer, tokenizer, train_prompts, queries, resumed_from, progress_bar, on_step)
+    finally:
+        if own_client:
+            client.close()
+
+
+def _loop(
+    cfg: TrainConfig,
+    run: RunDir,
+    trainer: PPOTrainer,
+    tokenizer: Any,
+    prompts: list[str],
+    queries: list[str],
+    resumed_from: int,
+    progress_bar: bool,
+    on_step: Callable[[int, dict[str, float]], None] | None,
+) -> RunResult:
+    interrupted = threading.Event()
+    history: list[dict[str, float]] = []
+    tb = _tensorboard(run.root, resumed_from) if cfg.run.tensorboard else None
+    bar = progress(cfg.run.steps, resumed_from, "ppo", progress_bar)
+    try:
+        with defer_sigint(interrupted):
+            while trainer.steps_done < cfg.run.steps and not interrupted.is_set():
+                step = trainer.steps_done
+                idx = prompt_batches(len(prompts), cfg.ppo.batch_size, cfg.run.seed, step)
+                rng = rng_state()  # the state a resumed run must start this step from
+                try:
+                    stats = trainer.step([prompts[i] for i in idx], [queries[i] for i in idx])
+                except ClientError as e:
+                    run.save(trainer, rng)
+                    raise RewardUnavailableError(
+                        f"step {step + 1}: no rewards from the PM server at {cfg.reward.url} ({e}); "
+                        f"saved a checkpoint at step {step} in {run.root}: run the same command again to resume"
+                    ) from e
+                row = {"step": trainer.steps_done, "time": dt.datetime.now(dt.UTC).isoformat(timespec="seconds")}
+                row.update(stats)
+                run.log(row)
+                history.append(stats)
+                if tb is not None:
+                    for k, v in stats.items():
+                        tb.add_scalar(k if "/" in k else f"ppo/{k}", v, trainer.steps_done)
+                bar.update(1)
+                bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl']:.2f}", beta=f"{stats['beta']:.3f}")
+                if on_step is not None:
+                    on_step(trainer.steps_done, stats)
+                if trainer.steps_done % cfg.run.save_every == 0 or trainer.steps_done == cfg.run.steps:
+                    run.save(trainer, rng_state())
+            if interrupted.is_set():
+                run.save(trainer, rng_state())
+    finally:
+        bar.close()
+        if tb is not None:
+            tb.close()
+    if trainer.steps_done == cfg.run.steps:
+        run.save_policy(trainer, tokenizer, cfg)
+    return RunResult(
+        steps_done=trainer.steps_done,
+        resumed_from=resumed_from,
+        interrupted=interrupted.is_set(),
+        out_dir=run.root,
+        history=history,
+    )

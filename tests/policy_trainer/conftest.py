@@ -1,0 +1,34 @@
+"""Fixtures of the policy trainer's tests: a real PM server on loopback that serves one rule principle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture
+def make_rule_server(live_server, tiny_encoder_dir, tmp_path):
+    """Starts PM servers whose only principle, says_good, is a rule: 1 when the response says "good", else 0."""
+    from pm_server.api import create_app
+    from pm_server.config import ServerSettings
+
+    rules = tmp_path / "rules.json"
+    rules.write_text(json.dumps([{"name": "says_good", "kind": "regex", "pattern": r"\bgood\b"}]))
+    settings = ServerSettings(
+        base_model=str(tiny_encoder_dir), adapter_root=tmp_path / "none", rules_file=rules, insecure_dev=True
+    )
+    return lambda: live_server(create_app(settings)).start()
+
+
+@pytest.fixture
+def rule_server(make_rule_server):
+    return make_rule_server()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from policy_trainer.testing import save_tiny_lm
+
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))
