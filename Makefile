@@ -29,7 +29,7 @@ up: $(STAMP)
 		$(if $(wildcard $(SCALARIZER_FILE)),--scalarizer-file $(SCALARIZER_FILE))
 
 test: $(STAMP)
-	$(PY) -m ruff check shared services tests benchmarks
+	$(PY) -m ruff check shared services tests benchmarks examples
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -11,16 +11,17 @@ Usage::
         rewards = c.rewards(["What is 2+2?"], ["4."], scalarizer="soft_max_min",
                             weights={"helpfulness": 1, "factuality": 2})
 
-For TRL's GRPO/RLOO trainers: ``reward_funcs=[make_trl_reward_func(url, api_key=...)]``.
+For TRL's GRPO/RLOO trainers: ``reward_funcs=[RemoteReward(url, weights_file="adapters/weights.json")]``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import time
-from collections.abc import Callable, Coroutine, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import httpx
@@ -39,7 +40,7 @@ from morlaif.protocol import (
     ScoreResponse,
 )
 
-__all__ = ["MorlaifClient", "AsyncMorlaifClient", "RetryPolicy", "make_trl_reward_func"]
+__all__ = ["MorlaifClient", "AsyncMorlaifClient", "RemoteReward", "RetryPolicy", "make_trl_reward_func"]
 
 logger = logging.getLogger(__name__)
 M = TypeVar("M", bound=BaseModel)
@@ -358,38 +359,97 @@ def _as_text(x: Any) -> str:
     raise TypeError(f"cannot score a {type(x).__name__}")
 
 
-def make_trl_reward_func(
-    base_url: str,
-    *,
-    api_key: str | None = None,
-    scalarizer: str = "linear",
-    weights: Mapping[str, float] | None = None,
-    params: Mapping[str, Any] | None = None,
-    timeout: float = 120.0,
-    retry: RetryPolicy | None = None,
-) -> Callable[..., Coroutine[Any, Any, list[float]]]:
-    """An async reward function for TRL's GRPO/RLOO trainers: ``(prompts, completions, **kw) -> rewards``."""
-    client: AsyncMorlaifClient | None = None
+class RemoteReward:
+    """An async reward function for TRL's GRPOTrainer and RLOOTrainer that scores through a PM server.
 
-    async def morlaif_reward(prompts: Sequence[Any], completions: Sequence[Any], **_: Any) -> list[float]:
-        nonlocal client
-        if client is None:  # created on the trainer's own event loop, then reused
-            client = AsyncMorlaifClient(base_url, api_key=api_key, timeout=timeout, retry=retry)
-        return await client.rewards(
-            [_as_text(p) for p in prompts],
-            [_as_text(c) for c in completions],
-            scalarizer=scalarizer,
-            weights=weights,
-            params=params,
+    TRL calls it as ``await reward(prompts=..., completions=..., **kwargs)`` with plain or conversational
+    (message list) prompts and completions; it returns one scalarized reward per completion, never a missing
+    one (the client retries, then raises). All rewards of one call come from one request, hence one set of
+    adapter versions; with ``pin_versions`` later calls also expect those versions, and when the server's
+    adapters change the batch is rescored on the new ones and the change is logged. Each principle's mean
+    score goes to TRL's logs through its ``log_metric`` hook (``morlaif/<principle>``).
+
+    Usage::
+
+        reward = RemoteReward("http://pm:8000", weights_file="adapters/weights.json")
+        trainer = GRPOTrainer(model=..., reward_funcs=[reward], ...)
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        api_key_env: str | None = "MORLAIF_API_KEY",
+        principles: Sequence[str] | None = None,
+        scalarizer: str = "linear",
+        weights: Mapping[str, float] | None = None,
+        params: Mapping[str, Any] | None = None,
+        weights_file: str | os.PathLike[str] | None = None,
+        normalize: bool = True,
+        pin_versions: bool = True,
+        timeout: float = 120.0,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        if weights_file is not None:
+            if weights is not None:
+                raise ValueError("give weights or weights_file, not both")
+            spec = ScalarizerSpec.from_file(weights_file)
+            scalarizer, weights, params = spec.name, spec.weights, dict(spec.params)
+        if api_key is None and api_key_env:
+            api_key = os.environ.get(api_key_env) or None
+        self.base_url = base_url
+        self.principles = list(principles) if principles is not None else None
+        self.scalarizer, self.weights, self.params = scalarizer, dict(weights) if weights else None, dict(params or {})
+        self.normalize, self.pin_versions = normalize, pin_versions
+        self.versions: dict[str, str] | None = None
+        self.__name__ = f"morlaif_{scalarizer}"  # TRL names the reward column after it
+        self._client_args = {"api_key": api_key, "timeout": timeout, "retry": retry}
+        self._client: AsyncMorlaifClient | None = None
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"RemoteReward({self.base_url!r}, scalarizer={self.scalarizer!r}, weights={self.weights!r})"
+
+    async def score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> ScoreResponse:
+        """The server's full answer (per-principle scores and rewards) for one batch, on pinned versions."""
+        if self._client is None:  # made on the trainer's own event loop, then reused
+            self._client = AsyncMorlaifClient(self.base_url, **self._client_args)
+        ps, cs = [_as_text(p) for p in prompts], [_as_text(c) for c in completions]
+        kwargs: dict[str, Any] = dict(
+            principles=self.principles,
+            scalarizer=self.scalarizer,
+            weights=self.weights,
+            params=self.params,
+            normalize=self.normalize,
         )
+        try:
+            res = await self._client.score(ps, cs, expected_versions=self.versions, **kwargs)
+        except APIStatusError as e:
+            if e.status_code != 409:
+                raise
+            logger.warning("the PM server's adapter versions changed (%s); rescoring the batch on the new ones", e)
+            res = await self._client.score(ps, cs, **kwargs)
+        if self.pin_versions and self.versions != res.versions:
+            logger.info("rewards pinned to adapter versions %s", res.versions)
+            self.versions = dict(res.versions)
+        return res
 
-    async def aclose() -> None:
+    async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
+        res = await self.score(prompts, completions)
+        rewards = _rewards_of(res, len(prompts))
+        log_metric = kwargs.get("log_metric")
+        if callable(log_metric) and res.results:
+            for p in res.principles:
+                log_metric(f"morlaif/{p}", sum(r.scores[p] for r in res.results) / len(res.results))
+        return rewards
+
+    async def aclose(self) -> None:
         """Close the pooled connections (call on the loop that ran the reward function)."""
-        nonlocal client
-        if client is not None:
-            await client.aclose()
-            client = None
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
 
-    morlaif_reward.__name__ = f"morlaif_{scalarizer}"
-    morlaif_reward.aclose = aclose  # type: ignore[attr-defined]
-    return morlaif_reward
+
+def make_trl_reward_func(base_url: str, **kwargs: Any) -> RemoteReward:
+    """``RemoteReward(base_url, **kwargs)``: kept for code written against the first client."""
+    return RemoteReward(base_url, **kwargs)

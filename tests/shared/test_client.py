@@ -9,7 +9,7 @@ import pytest
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from morlaif.client import AsyncMorlaifClient, MorlaifClient, RetryPolicy, make_trl_reward_func
+from morlaif.client import AsyncMorlaifClient, MorlaifClient, RemoteReward, RetryPolicy, make_trl_reward_func
 from morlaif.errors import APIStatusError, RetriesExhaustedError
 
 FAST = RetryPolicy(max_retries=3, backoff_s=0.01, max_backoff_s=0.05)
@@ -122,3 +122,44 @@ def test_missing_reward_is_an_error(live_server):
     srv = live_server(app).start(ready_path=None)
     with MorlaifClient(srv.url, retry=FAST) as c, pytest.raises(APIStatusError, match="without a reward"):
         c.rewards(["p", "q"], ["a", "b"])
+
+
+def test_remote_reward_pins_versions_and_rescores_when_they_change(live_server, tmp_path):
+    """Rewards of a batch come from one version set: a pinned request that meets a swap is rescored on the new."""
+    app = FastAPI()
+    state = {"version": "v1"}
+    seen: list[dict | None] = []
+
+    @app.post("/v1/score")
+    async def score(request: Request) -> JSONResponse:
+        body = await request.json()
+        seen.append(body.get("expected_versions"))
+        expected = (body.get("expected_versions") or {}).get("helpfulness")
+        if expected is not None and expected != state["version"]:
+            err = {"error": {"message": "helpfulness v1 is not loaded", "type": "conflict", "code": "x"}}
+            return JSONResponse(err, status_code=409)
+        out = ok_body(len(body["items"]))
+        out["versions"] = {"helpfulness": state["version"]}
+        assert body["scalarizer"] == {"name": "linear", "weights": {"helpfulness": 2.0}, "params": {}}
+        return JSONResponse(out)
+
+    srv = live_server(app).start(ready_path=None)
+    weights = tmp_path / "weights.json"
+    weights.write_text('{"name": "linear", "weights": {"helpfulness": 2.0}}')
+    reward = RemoteReward(srv.url, api_key="k", weights_file=weights, retry=FAST)
+    assert reward.__name__ == "morlaif_linear" and "k" not in repr(reward)
+    logged: list[tuple[str, float]] = []
+
+    async def go() -> list[list[float]]:
+        out = [await reward(["p", "q", "r"], ["a", "b", "c"], log_metric=lambda k, v: logged.append((k, v)))]
+        state["version"] = "v2"  # an admin swaps the adapter between two batches
+        out.append(await reward(["p"], ["a"]))
+        out.append(await reward(["p"], ["a"]))
+        await reward.aclose()
+        return out
+
+    assert asyncio.run(go()) == [[0.0, 1.0, 2.0], [0.0], [0.0]]
+    assert logged == [("morlaif/helpfulness", 1.0)]
+    # first unpinned, then pinned to v1 (409), rescored unpinned on v2, then pinned to v2
+    assert seen == [None, {"helpfulness": "v1"}, None, {"helpfulness": "v2"}]
+    assert reward.versions == {"helpfulness": "v2"}
