@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["WORDS", "tiny_lm", "save_tiny_lm", "word_prompts"]
+__all__ = ["WORDS", "tiny_lm", "save_tiny_lm", "save_one_word_lm", "word_prompts"]
 
 WORDS = "good bad cat dog sun rain tree stone blue red one two three four five six".split()  # noqa: SIM905
 
@@ -31,6 +31,26 @@ def tiny_lm(seed: int = 0):  # -> (LlamaForCausalLM, PreTrainedTokenizerFast)
 
 def save_tiny_lm(path: Path, seed: int = 0) -> Path:
     model, tokenizer = tiny_lm(seed)
+    model.save_pretrained(str(path))
+    tokenizer.save_pretrained(str(path))
+    return path
+
+
+def save_one_word_lm(path: Path, word: str = "good", seed: int = 0) -> Path:
+    """The tiny LM changed to say `word` at every step, whatever the prompt.
+
+    Every embedding carries a large constant feature, the layers add nothing to the residual stream, and
+    only `word`'s output row reads that feature, so its logit dominates at every position.
+    """
+    model, tokenizer = tiny_lm(seed)
+    wid = tokenizer.convert_tokens_to_ids(word)
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, 0] = 10.0
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight[:, 0] = 0.0
+        model.lm_head.weight[wid, 0] = 5.0
     model.save_pretrained(str(path))
     tokenizer.save_pretrained(str(path))
     return path

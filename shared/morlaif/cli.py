@@ -13,6 +13,7 @@ from feedback_worker.cli import app as feedback_app
 from pm_server.cli import serve
 from pm_server.pm_cli import app as pm_app
 from policy_trainer.cli import app as ppo_app
+from policy_trainer.eval_cli import app as eval_app
 
 app = typer.Typer(
     name="morlaif",
@@ -25,6 +26,7 @@ app.command("serve")(serve)
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(pm_app, name="pm")
 app.add_typer(ppo_app, name="ppo")
+app.add_typer(eval_app, name="eval")
 
 
 def _json_option(value: str | None, name: str) -> Any:

@@ -38,10 +38,10 @@ def defer_sigint(flag: threading.Event) -> Iterator[None]:
         signal.signal(signal.SIGINT, previous)
 
 
-def progress(total: int, initial: int, desc: str, enabled: bool) -> Any:
+def progress(total: int, initial: int, desc: str, enabled: bool, unit: str = "step") -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="step", disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
 
 
 def git_commit() -> str | None:

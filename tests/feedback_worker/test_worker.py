@@ -8,8 +8,8 @@ import math
 import time
 
 import pytest
-from fake_openai import FIRST_BIAS, PREFERENCE_LOGIT, make_app
 
+from feedback_worker.fake_openai import FIRST_BIAS, PREFERENCE_LOGIT, make_app
 from feedback_worker.judges import OpenAIJudge
 from feedback_worker.ratelimit import RateLimiter
 from feedback_worker.worker import run_worker
