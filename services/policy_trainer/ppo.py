@@ -372,7 +372,10 @@ class PPOTrainer:
             "lr": lr,
             "response_tokens": float(mask.sum(1).mean()),
             "seconds": elapsed,
+            "generate_seconds": t1 - t0,
             "reward_wait_seconds": reward_wait,
+            "samples_per_second": cfg.batch_size / elapsed,
+            "tokens_per_second": float(mask.sum()) / elapsed,
             **{k: sum(v) / len(v) for k, v in stats.items()},
             **{f"score/{p}": v for p, v in per_principle.items()},
         }

@@ -108,9 +108,11 @@ def test_a_run_logs_every_step_and_writes_a_policy_and_a_plot(rule_server, tiny_
     rows = metrics(out)
     assert [r["step"] for r in rows] == [1, 2, 3]
     for key in ("reward", "score/says_good", "kl", "beta", "entropy", "clipfrac", "value_loss", "approx_kl",
-                "seconds", "reward_wait_seconds", "lr"):  # fmt: skip
+                "seconds", "generate_seconds", "reward_wait_seconds", "samples_per_second", "tokens_per_second",
+                "lr"):  # fmt: skip
         assert all(math.isfinite(r[key]) for r in rows), key
-    assert all(0 <= r["reward_wait_seconds"] <= r["seconds"] for r in rows)
+    assert all(0 <= r["reward_wait_seconds"] + r["generate_seconds"] <= r["seconds"] for r in rows)
+    assert all(r["samples_per_second"] == pytest.approx(8 / r["seconds"]) for r in rows)
     assert rows[0]["reward"] == rows[0]["score/says_good"]  # one principle, weight 1: reward = its mean score
     assert list((out / "tb").glob("events.out.tfevents.*"))
     png = plot_run(out)
