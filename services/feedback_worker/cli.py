@@ -164,16 +164,23 @@ def run(
         str,
         typer.Option(help="Model of the `local` judge: smollm2 (packaged SmolLM2-135M-Instruct), a path or a hub id."),
     ] = "smollm2",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar (logs only).")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", help="Keep waiting for new jobs (a service); stop with Ctrl-C or SIGTERM.")
+    ] = False,
     store: StoreOpt = DEFAULT_STORE,
 ) -> None:
-    """Label the queued jobs of one judge until none is left; prints a summary.
+    """Label the queued jobs of one judge until none is left (or, with --follow, until stopped); prints a summary.
 
     The API key comes from MORLAIF_JUDGE_API_KEY (or OPENAI_API_KEY) and is never printed. Run as many
-    workers as you like against one store: leases keep them from doing a job twice.
+    workers as you like against one store: leases keep them from doing a job twice. Ctrl-C or SIGTERM
+    stops claiming jobs, writes the labels in flight, then exits; a killed worker's jobs come back to the
+    queue when their leases end.
     """
     import asyncio
     import logging
     import os
+    import signal
 
     from tqdm import tqdm
 
@@ -201,8 +208,13 @@ def run(
             max_retries=max_retries,
             limiter=RateLimiter(requests_per_minute=rpm, tokens_per_minute=tpm),
         )
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         try:
-            with tqdm(total=pending, unit="label", desc=f"labelling ({judge_model})") as bar:
+            total = None if follow else pending
+            with tqdm(total=total, unit="label", desc=f"labelling ({judge_model})", disable=quiet) as bar:
                 return await run_worker(
                     s,
                     judge,
@@ -211,8 +223,12 @@ def run(
                     lease_s=lease,
                     cost_per_1k_tokens=(usd_per_1k_prompt, usd_per_1k_completion),
                     on_done=bar.update,
+                    follow=follow,
+                    stop=stop,
                 )
         finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
             await judge.aclose()
 
     try:

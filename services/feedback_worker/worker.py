@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import functools
 import logging
 import os
@@ -66,8 +67,14 @@ async def run_worker(
     cost_per_1k_tokens: tuple[float, float] = (0.0, 0.0),
     on_done: Callable[[int], None] | None = None,
     poll_s: float = 0.5,
+    follow: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> RunSummary:
-    """Label this judge's jobs until none is pending or leased to anyone; returns what this worker did."""
+    """Label this judge's jobs until none is pending or leased to anyone; returns what this worker did.
+
+    With `follow` the worker keeps polling for new jobs (a service). Setting `stop` makes it claim no more
+    and return once the jobs in flight are written.
+    """
     worker = worker_id or default_worker_id()
     summary = RunSummary()
 
@@ -114,6 +121,13 @@ async def run_worker(
     inflight: set[asyncio.Task[None]] = set()
     try:
         while True:
+            if stop is not None and stop.is_set():
+                if inflight:
+                    await asyncio.wait(inflight)
+                    for t in inflight:
+                        t.result()
+                    inflight = set()
+                break
             room = concurrency - len(inflight)
             if room > 0:  # keep `concurrency` jobs in flight: claim as soon as one finishes
                 jobs = await anyio.to_thread.run_sync(
@@ -121,16 +135,26 @@ async def run_worker(
                 )
                 inflight.update(asyncio.create_task(one(j)) for j in jobs)
             if inflight:
-                done, inflight = await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                waiters = set(inflight) | ({asyncio.create_task(stop.wait())} if stop is not None else set())
+                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                for w in waiters - inflight:
+                    w.cancel()
+                done &= inflight
+                inflight -= done
                 for t in done:
                     t.result()  # a bug in `one` stops the worker loudly rather than silently
                 continue
             # Nothing in flight and nothing to claim: done, unless other workers hold leases; if one of
             # them died, its jobs come back to us when the lease runs out.
-            counts = await anyio.to_thread.run_sync(lambda: store.status(judge.model))
-            if not any(c["running"] or c["pending"] for c in counts.values()):
-                break
-            await asyncio.sleep(poll_s)
+            if not follow:
+                counts = await anyio.to_thread.run_sync(lambda: store.status(judge.model))
+                if not any(c["running"] or c["pending"] for c in counts.values()):
+                    break
+            if stop is None:
+                await asyncio.sleep(poll_s)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), poll_s)
     finally:
         for t in inflight:
             t.cancel()

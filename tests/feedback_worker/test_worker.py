@@ -375,3 +375,44 @@ def test_429_retry_after_is_honoured(store, live_server):
     t = sorted(app.state.times)
     assert len(t) == 3  # one 429, then both orders
     assert max(b - a for a, b in zip(t, t[1:], strict=False)) >= 0.55  # waited for the server's Retry-After
+
+
+def test_follow_mode_labels_jobs_as_they_come_and_stops_cleanly_on_sigterm(live_server, tmp_path):
+    """`feedback run --follow` as a service: idle with an empty queue, labels new jobs, SIGTERM ends it (rc 0)."""
+    import signal
+    import subprocess
+
+    srv = live_server(make_app(delay_s=0.3)).start(ready_path=None)
+    url = f"sqlite:///{tmp_path / 'labels.db'}"
+    with open_store(url):
+        pass
+    proc = subprocess.Popen(
+        _run_cmd(srv.url, "--store", url, "--follow", "--quiet"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        time.sleep(3)
+        assert proc.poll() is None  # an empty queue does not end a following worker
+        added = _seed(url, 4, ["helpfulness"])
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with open_store(url) as s:
+                if len(list(s.labels("helpfulness", judge="fake-judge"))) == added:
+                    break
+            time.sleep(0.3)
+        assert proc.poll() is None
+        _seed(url, 8, ["helpfulness"])  # 4 more jobs; SIGTERM while they are in flight
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    assert "labels written" in out.decode()
+    with open_store(url) as s:
+        counts = s.status("fake-judge")["helpfulness"]
+        labels = list(s.labels("helpfulness", judge="fake-judge"))
+    # nothing half-done: every job is labelled once or back in the queue, none stuck as running
+    assert counts["running"] == 0 and len(labels) == counts["done"] >= added
+    assert len({lab["comparison_id"] for lab in labels}) == len(labels)
