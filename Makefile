@@ -5,8 +5,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 # the default adapter packages, committed (scripts/train_default_adapters.sh made them)
 ADAPTERS ?= adapters
-# /get_reward's default scalarizer: the weights `morlaif pm eval` fitted on human preferences, when present
-SCALARIZER_FILE ?= $(ADAPTERS)/weights.json
+# `make up PORT=8001 UP_ARGS=--feedback`: another port; a feedback worker beside the server
+PORT ?= 8000
+UP_ARGS ?=
 
 .PHONY: up test install lint bench clean
 
@@ -24,9 +25,9 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP)
 
+# the PM server on the default adapters (and /get_reward scalarized by their weights.json); Ctrl-C stops it
 up: $(STAMP)
-	$(VENV)/bin/morlaif serve --insecure-dev --adapter-root $(ADAPTERS) \
-		$(if $(wildcard $(SCALARIZER_FILE)),--scalarizer-file $(SCALARIZER_FILE))
+	$(VENV)/bin/morlaif up --adapter-root $(ADAPTERS) --port $(PORT) $(UP_ARGS)
 
 test: $(STAMP)
 	$(PY) -m ruff check shared services tests benchmarks examples

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -109,6 +110,138 @@ def score(
         typer.echo(f"error: the PM server at {url} refused or failed: {e}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"scored {scored} records ({skipped} already in {output})", err=True)
+
+
+_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+@app.command("up")
+def up(
+    host: Annotated[str, typer.Option(help="Bind address of the PM server.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port of the PM server.")] = 8000,
+    base: Annotated[str, typer.Option(help="Base model: minilm (embedded), a path or a hub id.")] = "minilm",
+    adapter_root: Annotated[Path, typer.Option(help="Adapter packages to serve (the default ones).")] = Path(
+        "adapters"
+    ),
+    scalarizer_file: Annotated[
+        Path | None,
+        typer.Option(help="Default scalarizer of /get_reward (default: ADAPTER_ROOT/weights.json when present)."),
+    ] = None,
+    rules_file: Annotated[Path | None, typer.Option(help="Rule principles (default: brevity, no_refusal).")] = None,
+    feedback: Annotated[
+        bool, typer.Option("--feedback", help="Also run a feedback worker (SQLite store, the local judge).")
+    ] = False,
+    judge: Annotated[str, typer.Option(help="The worker's judge: `local` or a model at --judge-base-url.")] = "local",
+    judge_base_url: Annotated[
+        str | None, typer.Option(envvar="MORLAIF_JUDGE_BASE_URL", help="OpenAI-compatible judge endpoint.")
+    ] = None,
+    store: Annotated[str, typer.Option(envvar="MORLAIF_STORE_URL", help="The worker's label store.")] = (
+        "sqlite:///var/labels.db"
+    ),
+    ready_timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for the PM server to be ready.")] = 300,
+) -> None:
+    """Run the stack on this machine: the PM server (MiniLM base, the default adapters) and, with
+    --feedback, a feedback worker; no Docker, no database server.
+
+    Prints the URLs and an example call once the server is ready, streams every service's log with its
+    name as prefix, and stops everything on Ctrl-C. Keys: with MORLAIF_API_KEY and MORLAIF_ADMIN_KEY set
+    the server requires them; without, it runs keyless, which is allowed on a loopback address only.
+    """
+    import signal
+    import threading
+
+    import httpx
+
+    from morlaif.up import Service, Supervisor, install_stop_handlers, port_in_use, wait_ready
+
+    keyed = bool(os.environ.get("MORLAIF_API_KEY")) and bool(os.environ.get("MORLAIF_ADMIN_KEY"))
+    if not keyed and host not in _LOOPBACK:
+        typer.echo(
+            f"error: --host {host} is reachable from the network: set MORLAIF_API_KEY and MORLAIF_ADMIN_KEY "
+            "(16+ characters each) first",
+            err=True,
+        )
+        raise typer.Exit(2)
+    if port_in_use(host, port):
+        typer.echo(f"error: {host}:{port} is already in use (another `morlaif up`?): stop it or pass --port", err=True)
+        raise typer.Exit(2)
+    if scalarizer_file is None and (adapter_root / "weights.json").is_file():
+        scalarizer_file = adapter_root / "weights.json"
+    me = [sys.executable, "-m", "morlaif.cli"]
+    serve_argv = [
+        *me,
+        "serve",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--base",
+        base,
+        "--adapter-root",
+        str(adapter_root),
+    ]
+    if scalarizer_file is not None:
+        serve_argv += ["--scalarizer-file", str(scalarizer_file)]
+    if rules_file is not None:
+        serve_argv += ["--rules-file", str(rules_file)]
+    if not keyed:
+        serve_argv.append("--insecure-dev")
+    services = [Service("pm_server", serve_argv)]
+    if feedback:
+        worker = [*me, "feedback", "run", "--judge", judge, "--store", store, "--follow", "--quiet"]
+        if judge_base_url:
+            worker += ["--base-url", judge_base_url]
+        services.append(Service("feedback_worker", worker))
+
+    stop = threading.Event()
+    restore = install_stop_handlers(stop)
+    sup = Supervisor()
+    url = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    code = 0
+    try:
+        sup.start(services)
+        why = wait_ready(url + "/readyz", sup, "pm_server", ready_timeout, stop)
+        if why is None:
+            auth = ' -H "Authorization: Bearer $MORLAIF_API_KEY"' if keyed else ""
+            headers = {"Authorization": f"Bearer {os.environ['MORLAIF_API_KEY']}"} if keyed else {}
+            try:
+                listed = httpx.get(url + "/v1/principles", headers=headers, timeout=10).json()["principles"]
+                names = ", ".join(f"{p['name']} {p.get('version') or p.get('kind', '')}".strip() for p in listed)
+            except (httpx.HTTPError, KeyError, ValueError, TypeError):
+                names = "(see /v1/principles)"
+            body = '{"items": [{"prompt": "What is the capital of France?", "response": "Paris."}]}'
+            lines = [
+                "morlaif is up (Ctrl-C stops everything)",
+                f"  PM server        {url}  (API docs {url}/docs, metrics {url}/metrics)",
+                f"  principles       {names}",
+            ]
+            if scalarizer_file is not None:
+                lines.append(f"  /get_reward      scalarized as {scalarizer_file} says")
+            if feedback:
+                lines.append(f"  feedback worker  judge {judge!r}, store {store}; give it work with `morlaif feedback`")
+            lines += [
+                "  try:",
+                f"    curl -s {url}/v1/score -H 'Content-Type: application/json'{auth} -d '{body}'",
+            ]
+            sup.say("morlaif", "\n".join(lines))
+            gone = sup.wait(until=stop.is_set)
+        else:
+            gone = sup.exited()
+            if not stop.is_set():
+                sup.say("morlaif", f"error: {why}")
+                code = 1
+        if gone is not None:
+            sup.say("morlaif", f"{gone[0]} exited with code {gone[1]}; stopping the others")
+            code = 1
+        elif stop.is_set():
+            sup.say("morlaif", "stopping")
+    finally:
+        codes = sup.stop()
+        restore()
+    if stop.is_set() and code == 0:
+        clean = (0, -signal.SIGTERM, -signal.SIGINT)
+        sup.say("morlaif", "stopped: " + ", ".join(f"{n} ({'ok' if c in clean else c})" for n, c in codes.items()))
+    raise typer.Exit(code)
 
 
 def main() -> None:

@@ -1,0 +1,127 @@
+"""`morlaif up` as a user runs it: a real process tree, the printed curl example, Ctrl-C, a taken port."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from feedback_worker.fake_openai import make_app
+from morlaif.store import PairRecord, open_store
+
+UP = [sys.executable, "-m", "morlaif.cli", "up"]
+
+
+class Lines:
+    """Collects a process's stdout lines in a thread, so the test can wait for one without blocking."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
+        self.thread.start()
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    def wait_for(self, text: str, proc: subprocess.Popen[str], timeout: float = 120) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines:
+                if text in line:
+                    return line
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+        pytest.fail(f"no line with {text!r}; output:\n" + "\n".join(self.lines[-60:]))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_up_serves_prints_a_working_curl_example_runs_a_worker_and_stops_on_ctrl_c(
+    tiny_encoder_dir, live_server, tmp_path
+):
+    judge = live_server(make_app()).start(ready_path=None)
+    store = f"sqlite:///{tmp_path / 'labels.db'}"
+    with open_store(store) as s:
+        s.import_pairs(
+            [
+                PairRecord(prompt=f"q{i}", chosen=f"good {i}", rejected=f"poor {i}", principle="helpfulness")
+                for i in range(3)
+            ]
+        )
+        jobs = s.enqueue(["helpfulness"], "fake-judge")
+    port = _free_port()
+    cmd = [*UP, "--port", str(port), "--base", str(tiny_encoder_dir), "--adapter-root", str(tmp_path / "none"),
+           "--feedback", "--judge", "fake-judge", "--judge-base-url", judge.url + "/v1", "--store", store]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
+    out = Lines(proc)
+    try:
+        out.wait_for("morlaif is up", proc)
+        principles = out.wait_for("|   principles", proc)
+        assert "brevity" in principles and "no_refusal" in principles
+        curl = out.wait_for("|     curl -s", proc).split("| ", 1)[1].strip()
+        assert curl.startswith("curl -s http://127.0.0.1:")
+        if shutil.which("curl"):
+            res = subprocess.run(shlex.split(curl), capture_output=True, text=True, timeout=30)
+            body = json.loads(res.stdout)
+        else:  # the same request, sent as the printed command says
+            import httpx
+
+            argv = shlex.split(curl)
+            body = httpx.post(
+                argv[2], content=argv[argv.index("-d") + 1], headers={"content-type": "application/json"}
+            ).json()
+        assert set(body["principles"]) == {"brevity", "no_refusal"} and len(body["results"]) == 1
+        assert any(line.startswith("pm_server ") and "POST /v1/score" in line for line in out.lines)
+        # the worker labels the queued jobs
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with open_store(store) as s:
+                if len(list(s.labels("helpfulness", judge="fake-judge"))) == jobs:
+                    break
+            time.sleep(0.3)
+        else:
+            pytest.fail("the worker did not label the jobs:\n" + "\n".join(out.lines[-40:]))
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.thread.join(5)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert proc.returncode == 0, "\n".join(out.lines[-40:])
+    assert any("stopped: pm_server (ok), feedback_worker (ok)" in line for line in out.lines)
+    assert any(line.startswith("feedback_worker") and "labels written: 3" in line for line in out.lines)
+    with socket.socket() as s:  # the server is gone: its port is free again
+        s.bind(("127.0.0.1", port))
+
+
+def test_up_refuses_a_taken_port_and_a_public_address_without_keys(tmp_path, monkeypatch):
+    monkeypatch.delenv("MORLAIF_API_KEY", raising=False)
+    monkeypatch.delenv("MORLAIF_ADMIN_KEY", raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        res = subprocess.run([*UP, "--port", str(port)], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 2 and f"127.0.0.1:{port} is already in use" in res.stderr
+    res = subprocess.run([*UP, "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert res.returncode == 2 and "set MORLAIF_API_KEY and MORLAIF_ADMIN_KEY" in res.stderr
+    assert not Path(tmp_path / "var").exists()
