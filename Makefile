@@ -9,7 +9,7 @@ ADAPTERS ?= adapters
 PORT ?= 8000
 UP_ARGS ?=
 
-.PHONY: up test install lint bench clean
+.PHONY: up test install tools lint bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,16 @@ install: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/morlaif up --adapter-root $(ADAPTERS) --port $(PORT) $(UP_ARGS)
 
-test: $(STAMP)
+# Debian's docker-compose and kubectl check docker-compose.yml and k8s/ in the tests: installed here when
+# missing and apt-get can (as root); elsewhere those tests skip, saying why.
+tools:
+	@command -v docker-compose >/dev/null && command -v kubectl >/dev/null || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	    { apt-get install -y -qq docker-compose kubectl >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq docker-compose kubectl >/dev/null 2>&1; }; } \
+	  || echo "note: docker-compose/kubectl not installed; the deployment tests will skip"; }
+
+test: $(STAMP) tools
 	$(PY) -m ruff check shared services tests benchmarks examples
 	$(PY) -m pytest -q
 

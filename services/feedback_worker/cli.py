@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from morlaif import envvars
+
 app = typer.Typer(
     name="feedback",
     help="AI feedback: import preference data, enqueue judge jobs, watch their status, export labels.",
@@ -165,6 +167,10 @@ def run(
         typer.Option(help="Model of the `local` judge: smollm2 (packaged SmolLM2-135M-Instruct), a path or a hub id."),
     ] = "smollm2",
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar (logs only).")] = False,
+    heartbeat: Annotated[
+        Path | None,
+        typer.Option(help="File touched every few seconds while the worker is alive (for container health checks)."),
+    ] = None,
     follow: Annotated[
         bool, typer.Option("--follow", help="Keep waiting for new jobs (a service); stop with Ctrl-C or SIGTERM.")
     ] = False,
@@ -190,7 +196,7 @@ def run(
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     s = _open(store, max_attempts=max_attempts)
-    key = os.environ.get("MORLAIF_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+    key = os.environ.get(envvars.JUDGE_API_KEY) or os.environ.get(envvars.OPENAI_API_KEY)
     pending = sum(c["pending"] + c["running"] for c in s.status(judge_model).values())
 
     local = None
@@ -225,6 +231,7 @@ def run(
                     on_done=bar.update,
                     follow=follow,
                     stop=stop,
+                    heartbeat=heartbeat.touch if heartbeat is not None else None,
                 )
         finally:
             for sig in (signal.SIGINT, signal.SIGTERM):
@@ -243,8 +250,8 @@ def _batch_client(base_url: str | None):  # -> (OpenAI client, key)
 
     import openai
 
-    key = os.environ.get("MORLAIF_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY") or "none"
-    return openai.OpenAI(base_url=base_url, api_key=key), key
+    key = os.environ.get(envvars.JUDGE_API_KEY) or os.environ.get(envvars.OPENAI_API_KEY) or "none"
+    return openai.OpenAI(base_url=base_url or None, api_key=key), key
 
 
 @app.command("batch-submit")

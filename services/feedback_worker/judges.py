@@ -144,7 +144,10 @@ class OpenAIJudge:
         self.top_logprobs = top_logprobs
         self.limiter = limiter or RateLimiter()
         self._client = AsyncOpenAI(
-            base_url=base_url, api_key=api_key or "none", timeout=timeout, max_retries=max_retries
+            base_url=base_url or None,  # an empty MORLAIF_JUDGE_BASE_URL means OpenAI's own
+            api_key=api_key or "none",
+            timeout=timeout,
+            max_retries=max_retries,
         )
 
     def __repr__(self) -> str:

@@ -69,11 +69,13 @@ async def run_worker(
     poll_s: float = 0.5,
     follow: bool = False,
     stop: asyncio.Event | None = None,
+    heartbeat: Callable[[], None] | None = None,
 ) -> RunSummary:
     """Label this judge's jobs until none is pending or leased to anyone; returns what this worker did.
 
     With `follow` the worker keeps polling for new jobs (a service). Setting `stop` makes it claim no more
-    and return once the jobs in flight are written.
+    and return once the jobs in flight are written. `heartbeat()` is called at least every few seconds
+    while the loop is alive (a container health check watches the file it touches).
     """
     worker = worker_id or default_worker_id()
     summary = RunSummary()
@@ -121,6 +123,8 @@ async def run_worker(
     inflight: set[asyncio.Task[None]] = set()
     try:
         while True:
+            if heartbeat is not None:
+                heartbeat()
             if stop is not None and stop.is_set():
                 if inflight:
                     await asyncio.wait(inflight)
@@ -136,7 +140,7 @@ async def run_worker(
                 inflight.update(asyncio.create_task(one(j)) for j in jobs)
             if inflight:
                 waiters = set(inflight) | ({asyncio.create_task(stop.wait())} if stop is not None else set())
-                done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(waiters, timeout=5.0, return_when=asyncio.FIRST_COMPLETED)
                 for w in waiters - inflight:
                     w.cancel()
                 done &= inflight

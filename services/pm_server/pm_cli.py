@@ -13,6 +13,8 @@ from typing import Annotated, Any
 
 import typer
 
+from morlaif import envvars
+
 app = typer.Typer(
     name="pm",
     help="Train and evaluate per-principle preference models (adapter packages for the PM server).",
@@ -202,7 +204,7 @@ def _publish(url: str, principle: str, version: str) -> None:
     from morlaif.client import MorlaifClient
     from morlaif.errors import ClientError
 
-    key = os.environ.get("MORLAIF_ADMIN_KEY")
+    key = os.environ.get(envvars.ADMIN_KEY)
     try:
         with MorlaifClient(url, api_key=key) as client:
             action = client.load_adapter(principle, version=version)

@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from morlaif import envvars
+
 app = typer.Typer(
     name="eval",
     help="Evaluate policies: MORLAIF's win rate against a baseline, per principle and overall.",
@@ -102,7 +104,7 @@ def winrate_cmd(
     else:
         from feedback_worker.judges import OpenAIJudge
 
-        key = os.environ.get("MORLAIF_JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        key = os.environ.get(envvars.JUDGE_API_KEY) or os.environ.get(envvars.OPENAI_API_KEY)
         the_judge = OpenAIJudge(
             model=judge, base_url=judge_base_url, api_key=key, timeout=timeout, max_retries=max_retries
         )

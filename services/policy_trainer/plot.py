@@ -50,6 +50,7 @@ def plot_run(run_dir: Path, out: Path | None = None, *, smooth: int = 5) -> Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rows = read_metrics(run_dir / "metrics.jsonl")
     steps = [r["step"] for r in rows]
@@ -58,13 +59,16 @@ def plot_run(run_dir: Path, out: Path | None = None, *, smooth: int = 5) -> Path
     for key in principles:
         ys = [r.get(key, float("nan")) for r in rows]
         top.plot(steps, _smooth(ys, smooth), label=key.removeprefix("score/"))
-    top.plot(steps, _smooth([r["reward"] for r in rows], smooth), "k-", lw=2, label="scalarized reward")
+    rewards = [r["reward"] for r in rows]
+    top.plot(steps, rewards, "k-", lw=1, alpha=0.25, label="scalarized reward, per step")
+    top.plot(steps, _smooth(rewards, smooth), "k-", lw=2, label="scalarized reward")
     top.set_ylabel(f"mean score (moving average of {smooth})")
     top.legend(loc="best", fontsize=8)
     top.grid(alpha=0.3)
     bottom.plot(steps, [r["kl"] for r in rows], label="KL to reference (nats / response)")
     bottom.set_ylabel("KL")
     bottom.set_xlabel("PPO step")
+    bottom.xaxis.set_major_locator(MaxNLocator(integer=True))
     twin = bottom.twinx()
     twin.plot(steps, [r["beta"] for r in rows], "r--", label="beta")
     twin.set_ylabel("beta", color="r")

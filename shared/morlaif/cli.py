@@ -11,6 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from feedback_worker.cli import app as feedback_app
+from morlaif import envvars
 from pm_server.cli import serve
 from pm_server.pm_cli import app as pm_app
 from policy_trainer.cli import app as ppo_app
@@ -91,7 +92,7 @@ def score(
         scalarizer, w, p = spec.name, spec.weights, spec.params
     names = [x.strip() for x in principles.split(",") if x.strip()] if principles else None
     try:
-        with MorlaifClient(url, api_key=os.environ.get("MORLAIF_API_KEY")) as client:
+        with MorlaifClient(url, api_key=os.environ.get(envvars.API_KEY)) as client:
             scored, skipped = score_file(
                 client,
                 input,
@@ -154,7 +155,7 @@ def up(
 
     from morlaif.up import Service, Supervisor, install_stop_handlers, port_in_use, wait_ready
 
-    keyed = bool(os.environ.get("MORLAIF_API_KEY")) and bool(os.environ.get("MORLAIF_ADMIN_KEY"))
+    keyed = bool(os.environ.get(envvars.API_KEY)) and bool(os.environ.get(envvars.ADMIN_KEY))
     if not keyed and host not in _LOOPBACK:
         typer.echo(
             f"error: --host {host} is reachable from the network: set MORLAIF_API_KEY and MORLAIF_ADMIN_KEY "
@@ -203,7 +204,7 @@ def up(
         why = wait_ready(url + "/readyz", sup, "pm_server", ready_timeout, stop)
         if why is None:
             auth = ' -H "Authorization: Bearer $MORLAIF_API_KEY"' if keyed else ""
-            headers = {"Authorization": f"Bearer {os.environ['MORLAIF_API_KEY']}"} if keyed else {}
+            headers = {"Authorization": f"Bearer {os.environ[envvars.API_KEY]}"} if keyed else {}
             try:
                 listed = httpx.get(url + "/v1/principles", headers=headers, timeout=10).json()["principles"]
                 names = ", ".join(f"{p['name']} {p.get('version') or p.get('kind', '')}".strip() for p in listed)

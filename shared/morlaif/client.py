@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
+from morlaif import envvars
 from morlaif.errors import APIStatusError, RetriesExhaustedError
 from morlaif.protocol import (
     AdapterAction,
@@ -380,7 +381,7 @@ class RemoteReward:
         base_url: str,
         *,
         api_key: str | None = None,
-        api_key_env: str | None = "MORLAIF_API_KEY",
+        api_key_env: str | None = envvars.API_KEY,
         principles: Sequence[str] | None = None,
         scalarizer: str = "linear",
         weights: Mapping[str, float] | None = None,

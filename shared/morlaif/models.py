@@ -13,6 +13,8 @@ import logging
 import os
 from pathlib import Path
 
+from morlaif import envvars
+
 __all__ = ["SMOLLM2", "model_cache", "smollm2_dir", "smollm2_gguf"]
 
 logger = logging.getLogger(__name__)
@@ -22,7 +24,7 @@ _GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def model_cache() -> Path:
-    return Path(os.environ.get("MORLAIF_MODEL_CACHE", "var/models"))
+    return Path(os.environ.get(envvars.MODEL_CACHE, "var/models"))
 
 
 def smollm2_gguf() -> Path:

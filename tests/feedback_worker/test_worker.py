@@ -387,11 +387,14 @@ def test_follow_mode_labels_jobs_as_they_come_and_stops_cleanly_on_sigterm(live_
     with open_store(url):
         pass
     proc = subprocess.Popen(
-        _run_cmd(srv.url, "--store", url, "--follow", "--quiet"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        _run_cmd(srv.url, "--store", url, "--follow", "--quiet", "--heartbeat", str(tmp_path / "alive")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
     )
     try:
         time.sleep(3)
         assert proc.poll() is None  # an empty queue does not end a following worker
+        assert time.time() - (tmp_path / "alive").stat().st_mtime < 2  # and its heartbeat goes on
         added = _seed(url, 4, ["helpfulness"])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

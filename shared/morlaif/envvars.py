@@ -1,0 +1,24 @@
+"""Environment variables the code reads directly (not through pydantic-settings or a CLI option's envvar).
+
+One list, so that deployment files and documentation can be checked against what the code reads: the PM
+server's settings are `pm_server.config.ServerSettings` (MORLAIF_<FIELD>), CLI options name their own
+envvar, and these are the rest.
+"""
+
+from __future__ import annotations
+
+__all__ = ["API_KEY", "ADMIN_KEY", "JUDGE_API_KEY", "OPENAI_API_KEY", "MODEL_CACHE", "DIRECT"]
+
+API_KEY = "MORLAIF_API_KEY"
+ADMIN_KEY = "MORLAIF_ADMIN_KEY"
+JUDGE_API_KEY = "MORLAIF_JUDGE_API_KEY"
+OPENAI_API_KEY = "OPENAI_API_KEY"
+MODEL_CACHE = "MORLAIF_MODEL_CACHE"
+
+DIRECT: dict[str, str] = {
+    API_KEY: "the PM server's scoring key, as clients (morlaif score, ppo train, RemoteReward) send it",
+    ADMIN_KEY: "the PM server's admin key, as `morlaif pm` admin commands send it",
+    JUDGE_API_KEY: "the judge endpoint's key (feedback workers, eval winrate)",
+    OPENAI_API_KEY: "fallback for MORLAIF_JUDGE_API_KEY",
+    MODEL_CACHE: "where dequantised packaged models are cached (default var/models)",
+}
