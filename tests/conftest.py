@@ -40,21 +40,29 @@ def tiny_decoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_tiny_base(tmp_path_factory.mktemp("tiny-decoder"), "decoder")
 
 
-def free_port() -> int:
+@pytest.fixture(scope="session")
+def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random causal LM over a 16-word vocabulary, saved as a model folder."""
+    from policy_trainer.testing import save_tiny_lm
+
+    return save_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))
+
+
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         return int(s.getsockname()[1])
 
 
 class LiveServer:
-    """A real uvicorn server in a thread on a free loopback port."""
+    """A real uvicorn server in a thread on a free port (of loopback unless another address is given)."""
 
-    def __init__(self, app: object) -> None:
+    def __init__(self, app: object, host: str = "127.0.0.1") -> None:
         import uvicorn
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="on")  # type: ignore[arg-type]
+        self.port = free_port(host)
+        self.url = f"http://{host}:{self.port}"
+        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="on")  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
@@ -96,3 +104,15 @@ def live_server() -> Iterator[type[LiveServer]]:
     yield _Tracked
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def netlab():
+    """Simulated network hosts (network namespaces on a bridge); skips, saying why, where they cannot be made."""
+    from morlaif.netlab import NetLab
+
+    reason = NetLab.unavailable()
+    if reason is not None:
+        pytest.skip(f"needs network namespaces: {reason}")
+    with NetLab() as lab:
+        yield lab

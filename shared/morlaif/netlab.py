@@ -16,12 +16,13 @@ import contextlib
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["NetLab", "Host"]
+__all__ = ["NetLab", "Host", "TcpRelay", "wait_http_ok"]
 
 
 def _ip(*args: str) -> None:
@@ -134,3 +135,83 @@ class NetLab:
                 _ip("netns", "del", h.netns)  # takes its veth pair with it
         with contextlib.suppress(subprocess.CalledProcessError, OSError, subprocess.TimeoutExpired):
             _ip("link", "del", self.bridge)
+
+
+class TcpRelay:
+    """Forwards connections made to (host, port) to (target_host, target_port), in a thread of its own.
+
+    Lets namespaced hosts reach a service of the root namespace that listens on loopback only (the
+    machine's PostgreSQL): they connect to the lab's gateway address, the relay connects to loopback.
+    """
+
+    def __init__(self, host: str, target: tuple[str, int], port: int = 0) -> None:
+        import asyncio
+
+        self.host, self.target, self.port = host, target, port
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._server: Any = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> TcpRelay:
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("the relay did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    async def _pipe(self, reader: Any, writer: Any) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            writer.close()
+
+    async def _handle(self, reader: Any, writer: Any) -> None:
+        import asyncio
+
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(self._pipe(reader, up_writer), self._pipe(up_reader, writer))
+
+    def _run(self) -> None:
+        import asyncio
+
+        asyncio.set_event_loop(self._loop)
+        self._server = self._loop.run_until_complete(asyncio.start_server(self._handle, self.host, self.port))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            self._server.close()
+            for task in asyncio.all_tasks(self._loop):
+                task.cancel()
+            self._loop.run_until_complete(asyncio.sleep(0))
+            self._loop.close()
+
+
+def wait_http_ok(url: str, proc: subprocess.Popen[Any], timeout_s: float = 120) -> str | None:
+    """Poll url until it answers 200; None then, else why not (the process exited, or the time ran out)."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return f"the process exited with {proc.returncode}"
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=2).status_code == 200:
+                return None
+        time.sleep(0.5)
+    return f"{url} did not answer 200 within {timeout_s:.0f} s"

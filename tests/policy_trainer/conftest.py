@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
@@ -25,10 +24,3 @@ def make_rule_server(live_server, tiny_encoder_dir, tmp_path):
 @pytest.fixture
 def rule_server(make_rule_server):
     return make_rule_server()
-
-
-@pytest.fixture(scope="session")
-def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from policy_trainer.testing import save_tiny_lm
-
-    return save_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))

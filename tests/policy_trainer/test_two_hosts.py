@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from pathlib import Path
 
-import httpx
-import pytest
-
-from morlaif.netlab import NetLab
+from morlaif.netlab import wait_http_ok
 from policy_trainer.testing import word_prompts
 
 BIN = Path(sys.executable).parent
@@ -18,31 +14,8 @@ API_KEY = "two-hosts-scoring-key-0123456789"
 ADMIN_KEY = "two-hosts-admin-key-0123456789ab"
 
 
-@pytest.fixture(scope="module")
-def lab():
-    reason = NetLab.unavailable()
-    if reason is not None:
-        pytest.skip(f"two-host test needs network namespaces: {reason}")
-    with NetLab() as lab:
-        yield lab
-
-
-def _wait_ready(url: str, proc, log: Path, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"the PM server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"the PM server did not become ready:\n{log.read_text()[-3000:]}")
-
-
-def test_ppo_run_over_a_link_between_two_hosts(lab, tiny_encoder_dir, tiny_lm_dir, tmp_path):
-    server, trainer = lab.add_host("pm"), lab.add_host("ppo")
+def test_ppo_run_over_a_link_between_two_hosts(netlab, tiny_encoder_dir, tiny_lm_dir, tmp_path):
+    server, trainer = netlab.add_host("pm"), netlab.add_host("ppo")
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps([{"name": "says_good", "kind": "regex", "pattern": r"\bgood\b"}]))
     log = tmp_path / "server.log"
@@ -53,7 +26,8 @@ def test_ppo_run_over_a_link_between_two_hosts(lab, tiny_encoder_dir, tiny_lm_di
         log=log,
     )  # fmt: skip
     url = f"http://{server.ip}:8000"
-    _wait_ready(url, proc, log)  # from the root namespace, over the bridge
+    why = wait_http_ok(url + "/readyz", proc)  # from the root namespace, over the bridge
+    assert why is None, f"the PM server is not ready: {why}\n{log.read_text()[-3000:]}"
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in word_prompts(12)))
