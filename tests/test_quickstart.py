@@ -1,0 +1,58 @@
+"""The README's quick start, as printed: `make up`'s command on the default adapters, then its curl example."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from morlaif.netlab import wait_http_ok
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_make_up_then_the_readme_curl_example(monkeypatch):
+    if shutil.which("make") is None or shutil.which("curl") is None:
+        pytest.skip("needs make and curl, as the README does")
+    monkeypatch.delenv("MORLAIF_API_KEY", raising=False)
+    monkeypatch.delenv("MORLAIF_ADMIN_KEY", raising=False)
+    port = _free_port()
+    # the command `make up` runs (dry run: the install step is the suite's own)
+    dry = subprocess.run(["make", "-n", "up", f"PORT={port}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    up_line = [x for x in dry.stdout.splitlines() if " up " in x and "morlaif" in x][-1]
+    argv = shlex.split(up_line)
+    assert argv[0].endswith("bin/morlaif") and argv[1:] == ["up", "--adapter-root", "adapters", "--port", str(port)]
+    argv[0] = str(Path(sys.executable).parent / "morlaif")
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"Once it prints `morlaif is up`.*?```bash\n(.*?)```", readme, re.S)
+    assert block, "the README's quick start curl example is gone"
+    curl = block.group(1).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        why = wait_http_ok(f"http://127.0.0.1:{port}/readyz", proc, timeout_s=180)
+        assert why is None, why
+        res = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+    body = json.loads(res.stdout)
+    assert set(body["principles"]) == {"helpfulness", "harmlessness", "no_refusal"}  # the weighted ones
+    answer, refusal = body["results"]
+    assert refusal["raw_scores"]["no_refusal"] == 0.0 and answer["raw_scores"]["no_refusal"] == 1.0
+    assert all(r["reward"] is not None for r in body["results"]) and body["versions"]["helpfulness"] == "v1"
+    assert proc.returncode == 0 and "morlaif is up" in out and "stopped: pm_server (ok)" in out
