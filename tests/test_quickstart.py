@@ -9,11 +9,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
-
-from morlaif.netlab import wait_http_ok
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -43,13 +42,28 @@ def test_make_up_then_the_readme_curl_example(monkeypatch):
     assert block, "the README's quick start curl example is gone"
     curl = block.group(1).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    up = threading.Event()
+
+    def read() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if "morlaif is up" in line:
+                up.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        why = wait_http_ok(f"http://127.0.0.1:{port}/readyz", proc, timeout_s=180)
-        assert why is None, why
+        assert up.wait(180), "".join(lines[-40:])  # as a user would: wait for it to say so
         res = subprocess.run(["bash", "-c", curl], capture_output=True, text=True, timeout=60)
     finally:
         proc.send_signal(signal.SIGINT)
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(60)
+        reader.join(10)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    out = "".join(lines)
     body = json.loads(res.stdout)
     assert set(body["principles"]) == {"helpfulness", "harmlessness", "no_refusal"}  # the weighted ones
     answer, refusal = body["results"]
