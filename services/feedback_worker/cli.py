@@ -138,7 +138,10 @@ def run(
     judge_model: Annotated[
         str,
         typer.Option(
-            "--judge", help="Judge model name at the endpoint; jobs enqueued for this judge are the ones run."
+            "--judge",
+            envvar="MORLAIF_JUDGE_MODEL",
+            help="Judge model name at the endpoint (`local`: the in-process judge); jobs enqueued for this judge "
+            "are the ones run. Env: MORLAIF_JUDGE_MODEL.",
         ),
     ],
     base_url: Annotated[
