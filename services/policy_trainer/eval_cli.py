@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from morlaif import envvars
+from policy_trainer.cli import _fail
 
 app = typer.Typer(
     name="eval",
@@ -18,11 +19,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-def _fail(msg: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {msg}", err=True)
-    return typer.Exit(code)
 
 
 @app.command("winrate")
