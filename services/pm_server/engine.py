@@ -62,9 +62,16 @@ def collate(rows: Sequence[_Sequence], pad_id: int, device: torch.device) -> dic
 
 
 class ScoringEngine:
-    def __init__(self, base: BaseModel, *, num_threads: int | None = None, grouped: bool = True) -> None:
+    def __init__(
+        self, base: BaseModel, *, num_threads: int | None = None, grouped: bool = True, share_trunk: bool = True
+    ) -> None:
+        """`grouped=False` keeps PEFT's own mixed-adapter path; `share_trunk=False` computes every row through
+        every layer (both for comparison only: the defaults are the fast and exact ones)."""
         self.base = base
         self._use_grouped = grouped
+        self._share = share_trunk
+        #: layers the last batch computed once per distinct input (0: none)
+        self.last_trunk_layers = 0
         self._grouped: GroupedLoRA | None = None
         self._model: torch.nn.Module = base.model
         self._peft: PeftModel | None = None
@@ -151,11 +158,12 @@ class ScoringEngine:
         names = [r.adapter for r in rows]
         if self._grouped is not None:
             slot = self._grouped.slot
-            self._grouped.slots = torch.tensor([slot.get(n, 0) for n in names], device=device)  # (B,)
-            try:
+            slots = torch.tensor([slot.get(n, 0) for n in names], device=device)  # (B,)
+            # rows of one item under several principles have equal inputs: their trunk is computed once
+            keys = [(tuple(r.input_ids), tuple(r.token_type_ids or ())) for r in rows] if self._share else None
+            with self._grouped.routing(slots, keys) as shared:
                 logits = self._model(**kwargs).logits  # (B, 1)
-            finally:
-                self._grouped.slots = None
+            self.last_trunk_layers = shared
             return logits[:, 0].float().tolist()
         if self._peft is not None:
             kwargs["adapter_names"] = names

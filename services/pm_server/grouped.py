@@ -7,13 +7,22 @@ B * scaling: (slots, out, r), slot 0 all zeros for rows that use no adapter, and
 ``bmm(bmm(x, A[slot]^T), B[slot]^T)`` to the base layer's output: four kernels whatever the number of
 adapters. Score heads (PEFT's modules_to_save) are stacked the same way, slot 0 being the base head.
 
+Shared trunk: when every adapter of a batch leaves the lower layers alone (LoRA on the upper layers only,
+or a score head alone), those layers are the same computation for every principle of an item. Rows with
+identical inputs are then computed once below the lowest layer any of the batch's adapters touches
+(`trunk_layers`): hooks on those layers cut the batch down to one row per distinct input, and the last of
+them fans the hidden states back out to every row, for the upper layers and heads to mix adapters as
+above. Any argument of a layer whose first dimension is the batch is cut the same way, so this works for
+the encoder and decoder layers the engine supports without knowing their signatures.
+
 Only what this reproduces exactly is taken over: plain LoRA on Linear layers (no DoRA or other variant,
 no LoRA bias) and Linear heads. Anything else leaves the engine on PEFT's own path (`unsupported_reason`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Hashable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -23,6 +32,31 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import ModulesToSaveWrapper
 
 __all__ = ["GroupedLoRA"]
+
+
+def _layer_list(model: torch.nn.Module) -> tuple[str | None, Sequence[torch.nn.Module]]:
+    """The model's stack of transformer layers (a ModuleList of config.num_hidden_layers) and its name."""
+    n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.ModuleList) and n and len(m) == n:
+            return name, list(m)
+    return None, []
+
+
+def _take(x: Any, index: torch.Tensor, batch: int) -> Any:
+    """x with every batched tensor (2+ dimensions, the first `batch`) indexed by `index`, in containers too.
+
+    1-D tensors are left alone: a layer's only 1-D arguments are per-position (e.g. cache positions).
+    """
+    if isinstance(x, torch.Tensor):
+        return x.index_select(0, index) if x.dim() > 1 and x.shape[0] == batch else x
+    if isinstance(x, tuple):
+        return tuple(_take(v, index, batch) for v in x)
+    if isinstance(x, list):
+        return [_take(v, index, batch) for v in x]
+    if isinstance(x, dict):
+        return {k: _take(v, index, batch) for k, v in x.items()}
+    return x
 
 
 def unsupported_reason(model: torch.nn.Module, names: Sequence[str]) -> str | None:
@@ -55,12 +89,87 @@ class GroupedLoRA:
         self.slots: torch.Tensor | None = None  # (N,) long, set around a forward
         self._handles: list[Any] = []
         self._disabled: list[Any] = []
+        self._layers_name, layers = _layer_list(model)
+        self.num_layers = len(layers)
+        #: per slot, the lowest layer its LoRA touches (num_layers: none, e.g. a head-only principle)
+        self.first_layer = [self.num_layers] * (len(self.names) + 1)
+        self._trunk: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (layers, unique rows, inverse)
+        self._layer_of: dict[int, int] = {}  # id(LoRA module) -> its layer
         with torch.no_grad():
-            for m in model.modules():
+            for mod_name, m in model.named_modules():
                 if isinstance(m, LoraLinear):
+                    layer = self._layer_index(mod_name)
+                    self._layer_of[id(m)] = layer if layer is not None else -1
+                    for a in self.names:
+                        if a in m.lora_A:
+                            cur = self.first_layer[self.slot[a]]
+                            self.first_layer[self.slot[a]] = min(cur, layer if layer is not None else 0)
                     self._install_lora(m)
                 elif isinstance(m, ModulesToSaveWrapper):
                     self._install_head(m)
+        for i, layer_mod in enumerate(layers):
+            self._handles.append(layer_mod.register_forward_pre_hook(self._cut(i), with_kwargs=True))
+            self._handles.append(layer_mod.register_forward_hook(self._fan_out(i)))
+
+    def _layer_index(self, mod_name: str) -> int | None:
+        if self._layers_name is None:
+            return None
+        prefix = self._layers_name + "."
+        if not mod_name.startswith(prefix):
+            return None  # outside the layer stack (e.g. a pooler): counts as layer 0, nothing shared
+        return int(mod_name[len(prefix) :].split(".", 1)[0])
+
+    def trunk_layers(self, slots: torch.Tensor) -> int:
+        """How many lower layers no adapter of these rows' slots touches."""
+        return min(self.first_layer[int(s)] for s in torch.unique(slots))
+
+    @contextlib.contextmanager
+    def routing(self, slots: torch.Tensor, keys: Sequence[Hashable] | None = None) -> Iterator[int]:
+        """Route rows to `slots` during a forward; with `keys` (equal for identical inputs) share the trunk.
+
+        Yields the number of layers computed once per distinct input (0: none shared).
+        """
+        self.slots = slots
+        shared = 0
+        if keys is not None and self._layers_name is not None:
+            k = self.trunk_layers(slots)
+            first: dict[Hashable, int] = {}
+            uniq: list[int] = []  # the first row of each distinct input
+            inverse: list[int] = []  # row -> its distinct input
+            for row, key in enumerate(keys):
+                u = first.get(key)
+                if u is None:
+                    u = first[key] = len(uniq)
+                    uniq.append(row)
+                inverse.append(u)
+            if k > 0 and len(uniq) < len(keys):
+                dev = slots.device
+                self._trunk = (k, torch.tensor(uniq, device=dev), torch.tensor(inverse, device=dev))
+                shared = k
+        try:
+            yield shared
+        finally:
+            self.slots = None
+            self._trunk = None
+
+    def _cut(self, i: int) -> Any:
+        def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            if self._trunk is None or i >= self._trunk[0]:
+                return None
+            _, uniq, inverse = self._trunk
+            n = inverse.shape[0]
+            return _take(args, uniq, n), _take(kwargs, uniq, n)
+
+        return pre_hook
+
+    def _fan_out(self, i: int) -> Any:
+        def hook(module: torch.nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+            if self._trunk is None or i != self._trunk[0] - 1:
+                return None
+            _, uniq, inverse = self._trunk
+            return _take(output, inverse, uniq.shape[0])
+
+        return hook
 
     def _install_lora(self, m: LoraLinear) -> None:
         present = [a for a in self.names if a in m.lora_A]
@@ -76,9 +185,11 @@ class GroupedLoRA:
             a_stack[self.slot[a], :ra] = m.lora_A[a].weight
             b_stack[self.slot[a], :, :ra] = m.lora_B[a].weight * m.scaling[a]
 
+        layer = self._layer_of.get(id(m), -1)
+
         def hook(module: torch.nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
-            if self.slots is None:
-                return output
+            if self.slots is None or (self._trunk is not None and layer < self._trunk[0] and layer >= 0):
+                return output  # no adapter of the batch touches this layer: base output, on distinct rows
             x = args[0]
             n = x.shape[0]
             flat = x.reshape(n, -1, x.shape[-1]).to(a_stack.dtype)  # (N, L, in)

@@ -263,3 +263,67 @@ def test_package_checks(tmp_path, encoder_base, decoder_base):
     with pytest.raises(PackageError) as e:
         check_package(root, good, expect_name="harmlessness", base_config_hash=h)
     assert e.value.code == "principle_mismatch"
+
+
+# ------------------------------------------------------------------------------------ shared trunk
+@pytest.fixture(scope="module")
+def upper_third(family, tmp_path_factory):
+    """A 3-layer base of the family and four principles whose LoRA touches only the upper layers."""
+    from pm_server.testing import make_tiny_base
+
+    base_dir = make_tiny_base(tmp_path_factory.mktemp(f"deep-{family}"), family, layers=3)
+    base = load_base(str(base_dir))
+    root = tmp_path_factory.mktemp(f"upper-{family}")
+    layers = {"helpfulness": [2], "harmlessness": [2], "factuality": [1, 2], "sycophancy": [2]}
+    for i, (n, ls) in enumerate(layers.items()):
+        make_random_package(root, base, n, "v1", seed=200 + i, layers_to_transform=ls)
+    make_random_package(root, base, "toxicity", "v1", seed=299)  # every layer: nothing to share
+    return base_dir, root, list(layers)
+
+
+def _engine(base_dir, root, names, **kw):
+    engine = ScoringEngine(load_base(str(base_dir)), **kw)
+    for n in names:
+        engine.load_adapter(root / n / "v1", n)
+    return engine
+
+
+def test_shared_trunk_equals_the_full_mixed_forward(upper_third):
+    base_dir, root, names = upper_third
+    shared = _engine(base_dir, root, [*names, "toxicity"])
+    plain = _engine(base_dir, root, [*names, "toxicity"], share_trunk=False)
+    enc = TemplateEncoder(shared.base.tokenizer, shared.base.default_template)
+    upper = ["helpfulness", "harmlessness", "sycophancy"]
+    # only layer-2 adapters: layers 0 and 1 run once per item
+    rows = _rows(enc, upper)
+    got = shared.score(rows)
+    assert shared.last_trunk_layers == 2
+    assert got == pytest.approx(plain.score(rows), abs=1e-5) and plain.last_trunk_layers == 0
+    # with factuality (layers 1-2) the trunk is layer 0; with base rows (no LoRA at all) the same
+    rows = _rows(enc, [*upper, "factuality", BASE_ADAPTER])
+    assert shared.score(rows) == pytest.approx(plain.score(rows), abs=1e-5) and shared.last_trunk_layers == 1
+    # an adapter on every layer in the batch: nothing to share, still exact
+    rows = _rows(enc, [*upper, "toxicity"])
+    assert shared.score(rows) == pytest.approx(plain.score(rows), abs=1e-5) and shared.last_trunk_layers == 0
+    # each principle's scores are its own (the fan-out puts every row back in its place)
+    assert len({round(x, 4) for x in got[:3]}) == 3
+
+
+def test_shared_trunk_with_duplicates_padding_and_one_row_per_item(upper_third):
+    base_dir, root, names = upper_third
+    shared = _engine(base_dir, root, names)
+    plain = _engine(base_dir, root, names, share_trunk=False)
+    enc = TemplateEncoder(shared.base.tokenizer, shared.base.default_template)
+    e0, e1 = enc.encode(*PROMPTS[0]), enc.encode(*PROMPTS[1])
+    # interleaved, unequal lengths, an item repeated under the same principle, one item with one row
+    rows = [
+        Row(e1.input_ids, e1.token_type_ids, "helpfulness"),
+        Row(e0.input_ids, e0.token_type_ids, "sycophancy"),
+        Row(e1.input_ids, e1.token_type_ids, "harmlessness"),
+        Row(e1.input_ids, e1.token_type_ids, "helpfulness"),
+        Row(e0.input_ids, e0.token_type_ids, "helpfulness"),
+    ]
+    assert shared.score(rows) == pytest.approx(plain.score(rows), abs=1e-5) and shared.last_trunk_layers == 2
+    # distinct inputs only: nothing to share
+    rows = [Row(e0.input_ids, e0.token_type_ids, "helpfulness"), Row(e1.input_ids, e1.token_type_ids, "helpfulness")]
+    assert shared.score(rows) == pytest.approx(plain.score(rows), abs=1e-5) and shared.last_trunk_layers == 0
