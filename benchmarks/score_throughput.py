@@ -3,7 +3,8 @@
 Both run on the same base model in the same process, on the same items of exactly `--tokens` tokens:
 
 * ours: every (item, principle) row goes through the batcher's model thread as mixed-adapter
-  micro-batches (`adapter_names=` per row), as the PM server does;
+  micro-batches, as the PM server does; with `--adapter-layers upper-third` the layers below the adapters
+  run once per item (the shared trunk), and the same engine without sharing is timed beside it;
 * MORLAIF's `PreferenceModelHotswapper.compute_scores`: for each principle, `set_adapter(p)` then one
   forward of the whole batch.
 
@@ -93,18 +94,24 @@ def hotswapper(
     return scores
 
 
-def timed_pair(a, b, repeats: int) -> tuple[float, object, float, object]:
-    """Median times of `a` and `b`, run alternately so that drift in the machine's speed hits both alike."""
-    out_a, out_b = a(), b()  # warm-up
-    ta, tb = [], []
+def timed(fns, repeats: int) -> list[tuple[float, object]]:
+    """Median time and last output of each function, run in turn so that drift in the machine's speed
+    hits all alike."""
+    outs = [f() for f in fns]  # warm-up
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        out_a = a()
-        ta.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        out_b = b()
-        tb.append(time.perf_counter() - t0)
-    return statistics.median(ta), out_a, statistics.median(tb), out_b
+        for i, f in enumerate(fns):
+            t0 = time.perf_counter()
+            outs[i] = f()
+            times[i].append(time.perf_counter() - t0)
+    return [(statistics.median(t), o) for t, o in zip(times, outs, strict=True)]
+
+
+def adapter_layers(n_layers: int, which: str) -> list[int] | None:
+    """The layers the random adapters touch: all (None) or the upper third."""
+    if which == "all":
+        return None
+    return list(range(n_layers - max(1, n_layers // 3), n_layers))
 
 
 def main() -> None:
@@ -119,6 +126,12 @@ def main() -> None:
         type=int,
         default=4096,
         help="our micro-batch token budget (a CPU runs 32 x 128-token rows as fast per row as more)",
+    )
+    ap.add_argument(
+        "--adapter-layers",
+        choices=["all", "upper-third"],
+        default="all",
+        help="layers the random adapters touch; upper-third lets the engine share the trunk",
     )
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/score_throughput.json"))
@@ -143,13 +156,16 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
+        layers = adapter_layers(base.model.config.num_hidden_layers, args.adapter_layers)
         for i, n in enumerate(names_all[: max(counts)]):
-            make_random_package(root, base, n, "v1", seed=i, scale=0.05)
+            make_random_package(root, base, n, "v1", seed=i, scale=0.05, layers_to_transform=layers)
         for k in counts:
             names = names_all[:k]
             engine = ScoringEngine(_copy_base(base))
+            unshared = ScoringEngine(_copy_base(base), share_trunk=False)
             for j, n in enumerate(names):  # internal ids, as the server uses ("bias" is no safe module name)
                 engine.load_adapter(root / n / "v1", f"pm{j}")
+                unshared.load_adapter(root / n / "v1", f"pm{j}")
             rows = [Row(e.input_ids, e.token_type_ids, f"pm{j}") for e in encoded for j in range(len(names))]
             swap = PeftModel.from_pretrained(copy.deepcopy(base.model), str(root / names[0] / "v1"), adapter_name="pm0")
             for j, n in enumerate(names[1:], start=1):
@@ -164,15 +180,28 @@ def main() -> None:
                 max_queued_rows=len(rows) + 1,
             )
             batcher.start()
-            t_ours, got, t_swap, ref_ = timed_pair(
-                lambda b=batcher, r=rows: ours(b, r),
-                lambda m=swap, n=ids_: hotswapper(m, n, ids, mask, types),
+            plain = Batcher(
+                unshared,
+                max_batch_tokens=args.max_batch_tokens,
+                max_batch_rows=256,
+                max_wait_s=0.0,
+                max_queued_rows=len(rows) + 1,
+            )
+            plain.start()
+            (t_ours, got), (t_plain, got_plain), (t_swap, ref_) = timed(
+                [
+                    lambda b=batcher, r=rows: ours(b, r),
+                    lambda b=plain, r=rows: ours(b, r),
+                    lambda m=swap, n=ids_: hotswapper(m, n, ids, mask, types),
+                ],
                 args.repeats,
             )
+            plain.stop()
             ref = {n: ref_[f"pm{j}"] for j, n in enumerate(names)}
 
             ours_by = {n: [got[i * k + j] for i in range(len(encoded))] for j, n in enumerate(names)}
             max_diff = max(abs(a - b) for n in names for a, b in zip(ours_by[n], ref[n], strict=True))
+            max_diff = max(max_diff, max(abs(a - b) for a, b in zip(got, got_plain, strict=True)))
             if max_diff > 1e-4:
                 raise SystemExit(f"scores differ by {max_diff:.2e} at {k} principles: not comparable")
             n_scores = len(encoded) * k
@@ -181,23 +210,34 @@ def main() -> None:
                     "principles": k,
                     "items": len(encoded),
                     "tokens_per_item": args.tokens,
+                    "adapter_layers": args.adapter_layers,
+                    "trunk_layers": engine.last_trunk_layers,
                     "ours_scores_per_s": n_scores / t_ours,
+                    "ours_unshared_scores_per_s": n_scores / t_plain,
                     "hotswap_scores_per_s": n_scores / t_swap,
                     "speedup": t_swap / t_ours,
                     "ours_s": t_ours,
+                    "ours_unshared_s": t_plain,
                     "hotswap_s": t_swap,
                     "max_abs_diff": max_diff,
                 }
             )
             batcher.stop()
 
-    header = f"{'principles':>10} {'items':>6} {'tokens':>6} {'ours/s':>10} {'hot-swap/s':>11} {'speedup':>8}"
+    header = (
+        f"{'principles':>10} {'items':>6} {'tokens':>6} {'trunk':>5} {'ours/s':>10} {'unshared/s':>11} "
+        f"{'hot-swap/s':>11} {'speedup':>8}"
+    )
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu {platform.machine()}"
-    print(f"base={args.base} torch={torch.__version__} threads={torch.get_num_threads()} device={where}")
+    print(
+        f"base={args.base} adapters on {args.adapter_layers} layers, torch={torch.__version__} "
+        f"threads={torch.get_num_threads()} device={where}"
+    )
     print(header)
     for r in results:
         print(
-            f"{r['principles']:>10} {r['items']:>6} {r['tokens_per_item']:>6} {r['ours_scores_per_s']:>10.1f} "
+            f"{r['principles']:>10} {r['items']:>6} {r['tokens_per_item']:>6} {r['trunk_layers']:>5} "
+            f"{r['ours_scores_per_s']:>10.1f} {r['ours_unshared_scores_per_s']:>11.1f} "
             f"{r['hotswap_scores_per_s']:>11.1f} {r['speedup']:>7.2f}x"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
