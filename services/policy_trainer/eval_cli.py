@@ -95,8 +95,9 @@ def winrate_cmd(
         raise _fail(str(e)) from None
     if judge == "local":
         from feedback_worker.local_judge import TransformersJudge
+        from policy_trainer.train import resolve_device
 
-        the_judge = TransformersJudge(model=local_model, name="local", device="cpu")
+        the_judge = TransformersJudge(model=local_model, name="local", device=str(resolve_device(device)))
     else:
         from feedback_worker.judges import OpenAIJudge
 
