@@ -9,6 +9,7 @@ slow answers past the client's timeout, answers that are neither A nor B, and an
 from __future__ import annotations
 
 import asyncio
+import collections
 import json
 import math
 import random
@@ -70,6 +71,7 @@ def make_app(*, slow_s: float = 2.0, delay_s: float = 0.0, seed: int = 0) -> Fas
     app.state.storm = 0.0
     app.state.times = []
     app.state.keys = set()
+    app.state.by_key = collections.Counter()  # requests per Authorization header
     app.state.retry_after = "0.05"
     rng = random.Random(seed)
 
@@ -78,6 +80,7 @@ def make_app(*, slow_s: float = 2.0, delay_s: float = 0.0, seed: int = 0) -> Fas
         body = await request.json()
         app.state.times.append(time.monotonic())
         app.state.keys.add(request.headers.get("authorization", ""))
+        app.state.by_key[request.headers.get("authorization", "")] += 1
         fault = app.state.faults.pop(0) if app.state.faults else None
         if fault is None and app.state.storm and rng.random() < app.state.storm:
             fault = rng.choice(FAULTS)

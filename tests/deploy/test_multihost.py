@@ -69,7 +69,8 @@ def test_workers_server_and_trainer_on_five_hosts_lose_nothing_when_a_worker_die
         jobs = s.enqueue(PRINCIPLES, "fake-judge")
     assert jobs == N_PAIRS * len(PRINCIPLES)
     # the judge API (a stand-in) and PostgreSQL are reached at the root namespace's address on the lab
-    judge = live_server(make_app(delay_s=0.5), host=netlab.gateway).start(ready_path=None)
+    judge_app = make_app(delay_s=0.5)
+    judge = live_server(judge_app, host=netlab.gateway).start(ready_path=None)
     with TcpRelay(netlab.gateway, ("127.0.0.1", 5432)) as relay:
         store_url = f"postgresql+psycopg://postgres@{netlab.gateway}:{relay.port}/{pg_database}"
         pm, w1, w2, ppo = (netlab.add_host(n) for n in ("pm", "w1", "w2", "ppo"))
@@ -96,12 +97,18 @@ def test_workers_server_and_trainer_on_five_hosts_lose_nothing_when_a_worker_die
         )  # fmt: skip
         worker_cmd = [MORLAIF, "feedback", "run", "--judge", "fake-judge", "--base-url", judge.url + "/v1",
                       "--store", store_url, "--lease", "3", "--concurrency", "2", "--follow", "--quiet"]  # fmt: skip
-        workers = {h.name: h.popen(worker_cmd, log=tmp_path / f"{h.name}.log") for h in (w1, w2)}
+        # each worker its own judge key, so the judge's log tells who asked what
+        workers = {
+            h.name: h.popen(worker_cmd, env={"MORLAIF_JUDGE_API_KEY": f"key-{h.name}"}, log=tmp_path / f"{h.name}.log")
+            for h in (w1, w2)
+        }
         watch = open_store(local_url)
 
-        # kill -9 one worker once both have written labels: its leased jobs must come back
+        # kill -9 one worker once both are at work: its leased jobs must come back
         deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and _done(watch) < 12:
+        while time.monotonic() < deadline and (
+            _done(watch) < 12 or min(judge_app.state.by_key[f"Bearer key-{w}"] for w in ("w1", "w2")) < 8
+        ):
             time.sleep(0.2)
         workers["w1"].send_signal(signal.SIGKILL)
         workers["w1"].wait(10)
