@@ -6,7 +6,10 @@ Both run on the same base model in the same process, on the same items of exactl
   micro-batches, as the PM server does; with `--adapter-layers upper-third` the layers below the adapters
   run once per item (the shared trunk), and the same engine without sharing is timed beside it;
 * MORLAIF's `PreferenceModelHotswapper.compute_scores`: for each principle, `set_adapter(p)` then one
-  forward of the whole batch.
+  forward of the whole batch;
+* PEFT's own mixed-adapter batch (`adapter_names=` per row), through the same batcher;
+* a bare forward of the base model (no adapters) over the same rows, in micro-batches of the same token
+  budget: what the hardware gives for that many rows, the reference for the others.
 
 The two must agree on every score (checked) before their times mean anything. Prints a table and writes
 JSON (and nothing else: no timed assertions).
@@ -119,7 +122,7 @@ def main() -> None:
     ap.add_argument("--base", default="minilm", help="base model (default: the embedded MiniLM-L6)")
     ap.add_argument("--principles", default="1,4,12", help="comma-separated principle counts")
     ap.add_argument("--items", type=int, default=16, help="items per scoring call")
-    ap.add_argument("--tokens", type=int, default=128, help="tokens per item (exact)")
+    ap.add_argument("--tokens", default="128", help="comma-separated tokens per item (exact), e.g. 64,256")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (median)")
     ap.add_argument(
         "--max-batch-tokens",
@@ -143,10 +146,31 @@ def main() -> None:
 
     base = load_base(args.base, device=args.device)
     dev = base.device
-    template = InputTemplate(kind=base.default_template.kind, text=base.default_template.text, max_length=args.tokens)
+    results = []
+    for tokens in [int(x) for x in args.tokens.split(",")]:
+        results += run_config(args, base, dev, tokens, counts, names_all)
+    report(args, dev, results)
+
+
+def bare_forward(model, ids: torch.Tensor, types: torch.Tensor | None, k: int, chunk: int) -> list[float]:
+    """The base alone over the same rows (each item k times), in micro-batches of `chunk` rows."""
+    rows_ids = ids.repeat_interleave(k, 0)
+    rows_types = types.repeat_interleave(k, 0) if types is not None else None
+    out: list[float] = []
+    with torch.inference_mode():
+        for i in range(0, rows_ids.shape[0], chunk):
+            kw = {"input_ids": rows_ids[i : i + chunk], "attention_mask": torch.ones_like(rows_ids[i : i + chunk])}
+            if rows_types is not None:
+                kw["token_type_ids"] = rows_types[i : i + chunk]
+            out += model(**kw).logits[:, 0].tolist()
+    return out
+
+
+def run_config(args, base, dev, tokens: int, counts: list[int], names_all: list[str]) -> list[dict]:
+    template = InputTemplate(kind=base.default_template.kind, text=base.default_template.text, max_length=tokens)
     enc = TemplateEncoder(base.tokenizer, template)
     encoded = [enc.encode(p, r) for p, r in make_items(args.items, seed=0)]
-    assert all(len(e) == args.tokens for e in encoded), "items must be exactly --tokens long"
+    assert all(len(e) == tokens for e in encoded), "items must be exactly --tokens long"
     ids = torch.tensor([e.input_ids for e in encoded], device=dev)
     mask = torch.ones_like(ids)
     types = None
@@ -163,9 +187,11 @@ def main() -> None:
             names = names_all[:k]
             engine = ScoringEngine(_copy_base(base))
             unshared = ScoringEngine(_copy_base(base), share_trunk=False)
+            peft_mixed = ScoringEngine(_copy_base(base), grouped=False)
             for j, n in enumerate(names):  # internal ids, as the server uses ("bias" is no safe module name)
-                engine.load_adapter(root / n / "v1", f"pm{j}")
-                unshared.load_adapter(root / n / "v1", f"pm{j}")
+                for e in (engine, unshared, peft_mixed):
+                    e.load_adapter(root / n / "v1", f"pm{j}")
+            bare = copy.deepcopy(base.model)
             rows = [Row(e.input_ids, e.token_type_ids, f"pm{j}") for e in encoded for j in range(len(names))]
             swap = PeftModel.from_pretrained(copy.deepcopy(base.model), str(root / names[0] / "v1"), adapter_name="pm0")
             for j, n in enumerate(names[1:], start=1):
@@ -188,32 +214,48 @@ def main() -> None:
                 max_queued_rows=len(rows) + 1,
             )
             plain.start()
-            (t_ours, got), (t_plain, got_plain), (t_swap, ref_) = timed(
+            mixed = Batcher(
+                peft_mixed,
+                max_batch_tokens=args.max_batch_tokens,
+                max_batch_rows=256,
+                max_wait_s=0.0,
+                max_queued_rows=len(rows) + 1,
+            )
+            mixed.start()
+            chunk = max(1, args.max_batch_tokens // tokens)
+            (t_ours, got), (t_plain, got_plain), (t_peft, got_peft), (t_swap, ref_), (t_bare, _) = timed(
                 [
                     lambda b=batcher, r=rows: ours(b, r),
                     lambda b=plain, r=rows: ours(b, r),
+                    lambda b=mixed, r=rows: ours(b, r),
                     lambda m=swap, n=ids_: hotswapper(m, n, ids, mask, types),
+                    lambda m=bare, kk=k, c=chunk: bare_forward(m, ids, types, kk, c),
                 ],
                 args.repeats,
             )
             plain.stop()
+            mixed.stop()
             ref = {n: ref_[f"pm{j}"] for j, n in enumerate(names)}
 
             ours_by = {n: [got[i * k + j] for i in range(len(encoded))] for j, n in enumerate(names)}
             max_diff = max(abs(a - b) for n in names for a, b in zip(ours_by[n], ref[n], strict=True))
             max_diff = max(max_diff, max(abs(a - b) for a, b in zip(got, got_plain, strict=True)))
+            max_diff = max(max_diff, max(abs(a - b) for a, b in zip(got, got_peft, strict=True)))
             if max_diff > 1e-4:
                 raise SystemExit(f"scores differ by {max_diff:.2e} at {k} principles: not comparable")
             n_scores = len(encoded) * k
             results.append(
                 {
+                    "base": args.base,
                     "principles": k,
                     "items": len(encoded),
-                    "tokens_per_item": args.tokens,
+                    "tokens_per_item": tokens,
                     "adapter_layers": args.adapter_layers,
                     "trunk_layers": engine.last_trunk_layers,
                     "ours_scores_per_s": n_scores / t_ours,
                     "ours_unshared_scores_per_s": n_scores / t_plain,
+                    "peft_mixed_scores_per_s": n_scores / t_peft,
+                    "bare_base_rows_per_s": n_scores / t_bare,
                     "hotswap_scores_per_s": n_scores / t_swap,
                     "speedup": t_swap / t_ours,
                     "ours_s": t_ours,
@@ -223,26 +265,30 @@ def main() -> None:
                 }
             )
             batcher.stop()
+    return results
 
-    header = (
-        f"{'principles':>10} {'items':>6} {'tokens':>6} {'trunk':>5} {'ours/s':>10} {'unshared/s':>11} "
-        f"{'hot-swap/s':>11} {'speedup':>8}"
-    )
+
+def report(args, dev, results: list[dict]) -> None:
+    """Print the table, write the JSON and a PNG of scores per second by method."""
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu {platform.machine()}"
     print(
         f"base={args.base} adapters on {args.adapter_layers} layers, torch={torch.__version__} "
-        f"threads={torch.get_num_threads()} device={where}"
+        f"threads={torch.get_num_threads()} device={where}  (principle-scores per second)"
     )
-    print(header)
+    print(
+        f"{'principles':>10} {'tokens':>6} {'trunk':>5} {'ours':>8} {'unshared':>9} {'peft-mixed':>10} "
+        f"{'sequential':>10} {'bare base':>9} {'vs seq':>7}"
+    )
     for r in results:
         print(
-            f"{r['principles']:>10} {r['items']:>6} {r['tokens_per_item']:>6} {r['trunk_layers']:>5} "
-            f"{r['ours_scores_per_s']:>10.1f} {r['ours_unshared_scores_per_s']:>11.1f} "
-            f"{r['hotswap_scores_per_s']:>11.1f} {r['speedup']:>7.2f}x"
+            f"{r['principles']:>10} {r['tokens_per_item']:>6} {r['trunk_layers']:>5} {r['ours_scores_per_s']:>8.1f} "
+            f"{r['ours_unshared_scores_per_s']:>9.1f} {r['peft_mixed_scores_per_s']:>10.1f} "
+            f"{r['hotswap_scores_per_s']:>10.1f} {r['bare_base_rows_per_s']:>9.1f} {r['speedup']:>6.2f}x"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "base": args.base,
+        "adapter_layers": args.adapter_layers,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "device": where,
@@ -251,7 +297,37 @@ def main() -> None:
         "repeats": args.repeats,
     }
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
-    print(f"wrote {args.out}")
+    png = args.out.with_suffix(".png")
+    plot(results, png, f"{args.base}, adapters on {args.adapter_layers} layers, {where}")
+    print(f"wrote {args.out} and {png}")
+
+
+def plot(results: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [
+        ("ours_scores_per_s", "ours (shared trunk)"),
+        ("ours_unshared_scores_per_s", "ours, unshared"),
+        ("peft_mixed_scores_per_s", "PEFT mixed batch"),
+        ("hotswap_scores_per_s", "sequential set_adapter"),
+        ("bare_base_rows_per_s", "bare base forward"),
+    ]
+    labels = [f"{r['principles']}p x {r['tokens_per_item']}t" for r in results]
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(results)), 4))
+    width = 0.8 / len(methods)
+    for i, (key, name) in enumerate(methods):
+        ax.bar([x + i * width for x in range(len(results))], [r[key] for r in results], width, label=name)
+    ax.set_xticks([x + 0.4 - width / 2 for x in range(len(results))], labels)
+    ax.set_ylabel("principle-scores per second")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
