@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 import httpx
+from score_throughput import WORDS  # the same vocabulary as the engine benchmark (this folder)
 
 from pm_server.batcher import Batcher
 from pm_server.config import ServerSettings
@@ -40,24 +41,9 @@ PRINCIPLES = ["helpfulness", "harmlessness", "factuality", "sycophancy", "toxici
 def items(n: int, seed: int) -> list[tuple[str, str]]:
     import random
 
-    words = [
-        "the",
-        "model",
-        "answers",
-        "questions",
-        "about",
-        "science",
-        "history",
-        "cooking",
-        "travel",
-        "and",
-        "code",
-        "with",
-        "care",
-    ]
     rng = random.Random(seed)
     return [
-        (" ".join(rng.choices(words, k=rng.randint(20, 60))), " ".join(rng.choices(words, k=rng.randint(10, 80))))
+        (" ".join(rng.choices(WORDS, k=rng.randint(20, 60))), " ".join(rng.choices(WORDS, k=rng.randint(10, 80))))
         for _ in range(n)
     ]
 

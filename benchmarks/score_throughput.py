@@ -97,6 +97,15 @@ def hotswapper(
     return scores
 
 
+def started_batcher(engine: ScoringEngine, max_batch_tokens: int, n_rows: int) -> Batcher:
+    """A running batcher that takes a whole scoring call at once and cuts it by the token budget alone."""
+    b = Batcher(
+        engine, max_batch_tokens=max_batch_tokens, max_batch_rows=256, max_wait_s=0.0, max_queued_rows=n_rows + 1
+    )
+    b.start()
+    return b
+
+
 def timed(fns, repeats: int) -> list[tuple[float, object]]:
     """Median time and last output of each function, run in turn so that drift in the machine's speed
     hits all alike."""
@@ -198,30 +207,9 @@ def run_config(args, base, dev, tokens: int, counts: list[int], names_all: list[
                 swap.load_adapter(str(root / n / "v1"), adapter_name=f"pm{j}", is_trainable=False)
             ids_ = [f"pm{j}" for j in range(len(names))]
             # one long-lived model thread, as in the server (a new thread per call pays for a new OpenMP team)
-            batcher = Batcher(
-                engine,
-                max_batch_tokens=args.max_batch_tokens,
-                max_batch_rows=256,
-                max_wait_s=0.0,
-                max_queued_rows=len(rows) + 1,
-            )
-            batcher.start()
-            plain = Batcher(
-                unshared,
-                max_batch_tokens=args.max_batch_tokens,
-                max_batch_rows=256,
-                max_wait_s=0.0,
-                max_queued_rows=len(rows) + 1,
-            )
-            plain.start()
-            mixed = Batcher(
-                peft_mixed,
-                max_batch_tokens=args.max_batch_tokens,
-                max_batch_rows=256,
-                max_wait_s=0.0,
-                max_queued_rows=len(rows) + 1,
-            )
-            mixed.start()
+            batcher = started_batcher(engine, args.max_batch_tokens, len(rows))
+            plain = started_batcher(unshared, args.max_batch_tokens, len(rows))
+            mixed = started_batcher(peft_mixed, args.max_batch_tokens, len(rows))
             chunk = max(1, args.max_batch_tokens // tokens)
             (t_ours, got), (t_plain, got_plain), (t_peft, got_peft), (t_swap, ref_), (t_bare, _) = timed(
                 [

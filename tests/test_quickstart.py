@@ -17,20 +17,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def test_make_up_then_the_readme_curl_example(monkeypatch):
+def test_make_up_then_the_readme_curl_example(monkeypatch, unused_port):
     if shutil.which("make") is None or shutil.which("curl") is None:
         pytest.skip("needs make and curl, as the README does")
     monkeypatch.delenv("MORLAIF_API_KEY", raising=False)
     monkeypatch.delenv("MORLAIF_ADMIN_KEY", raising=False)
-    port = _free_port()
+    port = unused_port
     # the command `make up` runs (dry run: the install step is the suite's own)
     dry = subprocess.run(["make", "-n", "up", f"PORT={port}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     up_line = [x for x in dry.stdout.splitlines() if " up " in x and "morlaif" in x][-1]

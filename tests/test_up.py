@@ -46,14 +46,8 @@ class Lines:
         pytest.fail(f"no line with {text!r}; output:\n" + "\n".join(self.lines[-60:]))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_up_serves_prints_a_working_curl_example_runs_a_worker_and_stops_on_ctrl_c(
-    tiny_encoder_dir, live_server, tmp_path
+    tiny_encoder_dir, live_server, tmp_path, unused_port
 ):
     judge = live_server(make_app()).start(ready_path=None)
     store = f"sqlite:///{tmp_path / 'labels.db'}"
@@ -65,7 +59,7 @@ def test_up_serves_prints_a_working_curl_example_runs_a_worker_and_stops_on_ctrl
             ]
         )
         jobs = s.enqueue(["helpfulness"], "fake-judge")
-    port = _free_port()
+    port = unused_port
     cmd = [*UP, "--port", str(port), "--base", str(tiny_encoder_dir), "--adapter-root", str(tmp_path / "none"),
            "--feedback", "--judge", "fake-judge", "--judge-base-url", judge.url + "/v1", "--store", store]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)

@@ -202,16 +202,9 @@ class TcpRelay:
 
 def wait_http_ok(url: str, proc: subprocess.Popen[Any], timeout_s: float = 120) -> str | None:
     """Poll url until it answers 200; None then, else why not (the process exited, or the time ran out)."""
-    import time
+    from morlaif import up
 
-    import httpx
+    def why_not() -> str | None:
+        return f"the process exited with {proc.returncode}" if proc.poll() is not None else None
 
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            return f"the process exited with {proc.returncode}"
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2).status_code == 200:
-                return None
-        time.sleep(0.5)
-    return f"{url} did not answer 200 within {timeout_s:.0f} s"
+    return up.wait_http_ok(url, timeout_s, why_not)

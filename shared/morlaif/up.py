@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-__all__ = ["Service", "Supervisor", "port_in_use"]
+__all__ = ["Service", "Supervisor", "port_in_use", "wait_http_ok", "wait_ready"]
 
 
 @dataclass
@@ -117,22 +117,32 @@ class Supervisor:
         return {name: int(proc.returncode) for name, proc in self.procs.items()}
 
 
-def wait_ready(url: str, sup: Supervisor, name: str, timeout_s: float, stop: threading.Event) -> str | None:
-    """Poll url until it answers 200; None when ready, else why not (the service exited, timeout, stop)."""
+def wait_http_ok(url: str, timeout_s: float, why_not: Callable[[], str | None], what: str = "") -> str | None:
+    """Poll url until it answers 200: None then; else the first reason `why_not()` gives, or the timeout."""
     import httpx
 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if stop.is_set():
-            return "interrupted"
-        gone = sup.exited()
-        if gone is not None:
-            return f"{gone[0]} exited with code {gone[1]} before it was ready"
+        why = why_not()
+        if why is not None:
+            return why
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(url, timeout=2).status_code == 200:
                 return None
         time.sleep(0.3)
-    return f"{name} was not ready after {timeout_s:.0f} s"
+    return f"{what or url} was not ready after {timeout_s:.0f} s"
+
+
+def wait_ready(url: str, sup: Supervisor, name: str, timeout_s: float, stop: threading.Event) -> str | None:
+    """Poll url until it answers 200; None when ready, else why not (a service exited, timeout, stop)."""
+
+    def why_not() -> str | None:
+        if stop.is_set():
+            return "interrupted"
+        gone = sup.exited()
+        return f"{gone[0]} exited with code {gone[1]} before it was ready" if gone is not None else None
+
+    return wait_http_ok(url, timeout_s, why_not, name)
 
 
 def install_stop_handlers(stop: threading.Event) -> Callable[[], None]:
