@@ -4,7 +4,8 @@ Both run on the same base model in the same process, on the same items of exactl
 
 * ours: every (item, principle) row goes through the batcher's model thread as mixed-adapter
   micro-batches, as the PM server does; with `--adapter-layers upper-third` the layers below the adapters
-  run once per item (the shared trunk), and the same engine without sharing is timed beside it;
+  run once per item (the shared trunk), and the last layer is computed only at the position the score
+  head reads (the read-out); the same engine with the trunk alone, and with neither, is timed beside it;
 * MORLAIF's `PreferenceModelHotswapper.compute_scores`: for each principle, `set_adapter(p)` then one
   forward of the whole batch;
 * PEFT's own mixed-adapter batch (`adapter_names=` per row), through the same batcher;
@@ -195,10 +196,11 @@ def run_config(args, base, dev, tokens: int, counts: list[int], names_all: list[
         for k in counts:
             names = names_all[:k]
             engine = ScoringEngine(_copy_base(base))
-            unshared = ScoringEngine(_copy_base(base), share_trunk=False)
+            trunk_only = ScoringEngine(_copy_base(base), readout=False)
+            unshared = ScoringEngine(_copy_base(base), share_trunk=False, readout=False)
             peft_mixed = ScoringEngine(_copy_base(base), grouped=False)
             for j, n in enumerate(names):  # internal ids, as the server uses ("bias" is no safe module name)
-                for e in (engine, unshared, peft_mixed):
+                for e in (engine, trunk_only, unshared, peft_mixed):
                     e.load_adapter(root / n / "v1", f"pm{j}")
             bare = copy.deepcopy(base.model)
             rows = [Row(e.input_ids, e.token_type_ids, f"pm{j}") for e in encoded for j in range(len(names))]
@@ -208,12 +210,24 @@ def run_config(args, base, dev, tokens: int, counts: list[int], names_all: list[
             ids_ = [f"pm{j}" for j in range(len(names))]
             # one long-lived model thread, as in the server (a new thread per call pays for a new OpenMP team)
             batcher = started_batcher(engine, args.max_batch_tokens, len(rows))
+            trunk = started_batcher(trunk_only, args.max_batch_tokens, len(rows))
             plain = started_batcher(unshared, args.max_batch_tokens, len(rows))
             mixed = started_batcher(peft_mixed, args.max_batch_tokens, len(rows))
             chunk = max(1, args.max_batch_tokens // tokens)
-            (t_ours, got), (t_plain, got_plain), (t_peft, got_peft), (t_swap, ref_), (t_bare, _) = timed(
+            (
+                (t_ours, got),
+                (t_trunk, got_trunk),
+                (t_plain, got_plain),
+                (t_peft, got_peft),
+                (t_swap, ref_),
+                (
+                    t_bare,
+                    _,
+                ),
+            ) = timed(
                 [
                     lambda b=batcher, r=rows: ours(b, r),
+                    lambda b=trunk, r=rows: ours(b, r),
                     lambda b=plain, r=rows: ours(b, r),
                     lambda b=mixed, r=rows: ours(b, r),
                     lambda m=swap, n=ids_: hotswapper(m, n, ids, mask, types),
@@ -221,14 +235,15 @@ def run_config(args, base, dev, tokens: int, counts: list[int], names_all: list[
                 ],
                 args.repeats,
             )
+            trunk.stop()
             plain.stop()
             mixed.stop()
             ref = {n: ref_[f"pm{j}"] for j, n in enumerate(names)}
 
             ours_by = {n: [got[i * k + j] for i in range(len(encoded))] for j, n in enumerate(names)}
             max_diff = max(abs(a - b) for n in names for a, b in zip(ours_by[n], ref[n], strict=True))
-            max_diff = max(max_diff, max(abs(a - b) for a, b in zip(got, got_plain, strict=True)))
-            max_diff = max(max_diff, max(abs(a - b) for a, b in zip(got, got_peft, strict=True)))
+            for other in (got_trunk, got_plain, got_peft):
+                max_diff = max(max_diff, max(abs(a - b) for a, b in zip(got, other, strict=True)))
             if max_diff > 1e-4:
                 raise SystemExit(f"scores differ by {max_diff:.2e} at {k} principles: not comparable")
             n_scores = len(encoded) * k
@@ -241,12 +256,14 @@ def run_config(args, base, dev, tokens: int, counts: list[int], names_all: list[
                     "adapter_layers": args.adapter_layers,
                     "trunk_layers": engine.last_trunk_layers,
                     "ours_scores_per_s": n_scores / t_ours,
+                    "ours_trunk_only_scores_per_s": n_scores / t_trunk,
                     "ours_unshared_scores_per_s": n_scores / t_plain,
                     "peft_mixed_scores_per_s": n_scores / t_peft,
                     "bare_base_rows_per_s": n_scores / t_bare,
                     "hotswap_scores_per_s": n_scores / t_swap,
                     "speedup": t_swap / t_ours,
                     "ours_s": t_ours,
+                    "ours_trunk_only_s": t_trunk,
                     "ours_unshared_s": t_plain,
                     "hotswap_s": t_swap,
                     "max_abs_diff": max_diff,
@@ -264,13 +281,14 @@ def report(args, dev, results: list[dict]) -> None:
         f"threads={torch.get_num_threads()} device={where}  (principle-scores per second)"
     )
     print(
-        f"{'principles':>10} {'tokens':>6} {'trunk':>5} {'ours':>8} {'unshared':>9} {'peft-mixed':>10} "
-        f"{'sequential':>10} {'bare base':>9} {'vs seq':>7}"
+        f"{'principles':>10} {'tokens':>6} {'trunk':>5} {'ours':>8} {'trunk only':>10} {'unshared':>9} "
+        f"{'peft-mixed':>10} {'sequential':>10} {'bare base':>9} {'vs seq':>7}"
     )
     for r in results:
         print(
             f"{r['principles']:>10} {r['tokens_per_item']:>6} {r['trunk_layers']:>5} {r['ours_scores_per_s']:>8.1f} "
-            f"{r['ours_unshared_scores_per_s']:>9.1f} {r['peft_mixed_scores_per_s']:>10.1f} "
+            f"{r['ours_trunk_only_scores_per_s']:>10.1f} {r['ours_unshared_scores_per_s']:>9.1f} "
+            f"{r['peft_mixed_scores_per_s']:>10.1f} "
             f"{r['hotswap_scores_per_s']:>10.1f} {r['bare_base_rows_per_s']:>9.1f} {r['speedup']:>6.2f}x"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -297,8 +315,9 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     methods = [
-        ("ours_scores_per_s", "ours (shared trunk)"),
-        ("ours_unshared_scores_per_s", "ours, unshared"),
+        ("ours_scores_per_s", "ours (trunk + read-out)"),
+        ("ours_trunk_only_scores_per_s", "ours, shared trunk only"),
+        ("ours_unshared_scores_per_s", "ours, neither"),
         ("peft_mixed_scores_per_s", "PEFT mixed batch"),
         ("hotswap_scores_per_s", "sequential set_adapter"),
         ("bare_base_rows_per_s", "bare base forward"),

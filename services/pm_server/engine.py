@@ -17,6 +17,7 @@ from peft import PeftModel
 
 from pm_server.grouped import GroupedLoRA, unsupported_reason
 from pm_server.modeling import BaseModel
+from pm_server.readout import Readout
 
 __all__ = ["Row", "ScoringEngine", "BASE_ADAPTER", "collate"]
 
@@ -63,13 +64,21 @@ def collate(rows: Sequence[_Sequence], pad_id: int, device: torch.device) -> dic
 
 class ScoringEngine:
     def __init__(
-        self, base: BaseModel, *, num_threads: int | None = None, grouped: bool = True, share_trunk: bool = True
+        self,
+        base: BaseModel,
+        *,
+        num_threads: int | None = None,
+        grouped: bool = True,
+        share_trunk: bool = True,
+        readout: bool = True,
     ) -> None:
         """`grouped=False` keeps PEFT's own mixed-adapter path; `share_trunk=False` computes every row through
-        every layer (both for comparison only: the defaults are the fast and exact ones)."""
+        every layer; `readout=False` computes the last layer at every position (all three for comparison
+        only: the defaults are the fast and exact ones)."""
         self.base = base
         self._use_grouped = grouped
         self._share = share_trunk
+        self._use_readout = readout
         #: layers the last batch computed once per distinct input (0: none)
         self.last_trunk_layers = 0
         self._grouped: GroupedLoRA | None = None
@@ -124,6 +133,11 @@ class ScoringEngine:
         """`grouped` (stacked LoRA, one batched matmul per layer) or `peft` (PEFT's adapter_names loop)."""
         return "grouped" if self._grouped is not None else "peft"
 
+    @property
+    def readout_kind(self) -> str | None:
+        """`bert` or `llama` when the last layer is computed at the read position only; None otherwise."""
+        return self._grouped.readout_kind if self._grouped is not None and self._use_readout else None
+
     def _regroup(self) -> None:
         """Rebuild the stacked weights after the set of adapters changed (or fall back to PEFT's path)."""
         if self._grouped is not None:
@@ -154,14 +168,21 @@ class ScoringEngine:
             if r.adapter != BASE_ADAPTER and r.adapter not in self._adapters:
                 raise KeyError(f"adapter {r.adapter!r} is not loaded")
         device = self.base.device
-        kwargs: dict[str, object] = dict(collate(rows, self._pad_id, device))
+        batch = collate(rows, self._pad_id, device)
+        kwargs: dict[str, object] = dict(batch)
+        if self.base.family == "decoder":
+            kwargs["use_cache"] = False  # a scoring forward needs no KV cache
         names = [r.adapter for r in rows]
         if self._grouped is not None:
             slot = self._grouped.slot
             slots = torch.tensor([slot.get(n, 0) for n in names], device=device)  # (B,)
             # rows of one item under several principles have equal inputs: their trunk is computed once
             keys = [(tuple(r.input_ids), tuple(r.token_type_ids or ())) for r in rows] if self._share else None
-            with self._grouped.routing(slots, keys) as shared:
+            readout = None
+            if self._use_readout:
+                pad = getattr(self._model.config, "pad_token_id", None)
+                readout = Readout.for_batch(batch["input_ids"], batch["attention_mask"], self.base.family, pad)
+            with self._grouped.routing(slots, keys, readout) as shared:
                 logits = self._model(**kwargs).logits  # (B, 1)
             self.last_trunk_layers = shared
             return logits[:, 0].float().tolist()

@@ -31,6 +31,8 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import ModulesToSaveWrapper
 
+from pm_server.readout import Readout, install_readout, readout_kind
+
 __all__ = ["GroupedLoRA"]
 
 
@@ -110,6 +112,12 @@ class GroupedLoRA:
         for i, layer_mod in enumerate(layers):
             self._handles.append(layer_mod.register_forward_pre_hook(self._cut(i), with_kwargs=True))
             self._handles.append(layer_mod.register_forward_hook(self._fan_out(i)))
+        self._readout: Readout | None = None
+        #: the last layer's exact read-out kind (`bert`, `llama`), None where it runs in full
+        self.readout_kind = readout_kind(layers[-1]) if layers else None
+        self._uninstall: list[Any] = []
+        if self.readout_kind is not None:
+            self._uninstall.append(install_readout(layers[-1], self.readout_kind, self._readout_for))
 
     def _layer_index(self, mod_name: str) -> int | None:
         if self._layers_name is None:
@@ -123,13 +131,29 @@ class GroupedLoRA:
         """How many lower layers no adapter of these rows' slots touches."""
         return min(self.first_layer[int(s)] for s in torch.unique(slots))
 
+    def _readout_for(self, batch: int) -> Readout | None:
+        """The read-out of the rows the last layer sees: all rows, or the distinct ones when the trunk
+        reaches the last layer (every row without LoRA)."""
+        ro = self._readout
+        if ro is None or self.slots is None:
+            return None
+        if batch == self.slots.shape[0]:
+            return ro
+        if self._trunk is not None and batch == self._trunk[1].shape[0]:
+            return ro.take(self._trunk[1])
+        return None
+
     @contextlib.contextmanager
-    def routing(self, slots: torch.Tensor, keys: Sequence[Hashable] | None = None) -> Iterator[int]:
-        """Route rows to `slots` during a forward; with `keys` (equal for identical inputs) share the trunk.
+    def routing(
+        self, slots: torch.Tensor, keys: Sequence[Hashable] | None = None, readout: Readout | None = None
+    ) -> Iterator[int]:
+        """Route rows to `slots` during a forward; with `keys` (equal for identical inputs) share the trunk;
+        with `readout` compute the last layer only where the head reads.
 
         Yields the number of layers computed once per distinct input (0: none shared).
         """
         self.slots = slots
+        self._readout = readout if self.readout_kind is not None else None
         shared = 0
         if keys is not None and self._layers_name is not None:
             k = self.trunk_layers(slots)
@@ -151,6 +175,7 @@ class GroupedLoRA:
         finally:
             self.slots = None
             self._trunk = None
+            self._readout = None
 
     def _cut(self, i: int) -> Any:
         def pre_hook(module: torch.nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -229,6 +254,9 @@ class GroupedLoRA:
         """Uninstall: hooks removed, PEFT's own adapter layers enabled again."""
         for h in self._handles:
             h.remove()
+        for undo in self._uninstall:
+            undo()
+        self._uninstall.clear()
         for m in self._disabled:
             m.enable_adapters(True)
         self._handles.clear()

@@ -327,3 +327,29 @@ def test_shared_trunk_with_duplicates_padding_and_one_row_per_item(upper_third):
     # distinct inputs only: nothing to share
     rows = [Row(e0.input_ids, e0.token_type_ids, "helpfulness"), Row(e1.input_ids, e1.token_type_ids, "helpfulness")]
     assert shared.score(rows) == pytest.approx(plain.score(rows), abs=1e-5) and shared.last_trunk_layers == 0
+
+
+def test_last_layer_read_out_equals_the_full_last_layer(upper_third, family):
+    """The last layer computed at the head's read position only: the same scores as computing it in full,
+    with padding, a pad token inside a decoder row, base rows (the trunk then reaches the last layer) and
+    adapters on every layer."""
+    base_dir, root, names = upper_third
+    fast = _engine(base_dir, root, [*names, "toxicity"])
+    full = _engine(base_dir, root, [*names, "toxicity"], readout=False)
+    assert fast.readout_kind == ("bert" if family == "encoder" else "llama") and full.readout_kind is None
+    enc = TemplateEncoder(fast.base.tokenizer, fast.base.default_template)
+    for adapters in (["helpfulness", "factuality"], [*names, "toxicity", BASE_ADAPTER], [BASE_ADAPTER, BASE_ADAPTER]):
+        rows = _rows(enc, adapters)
+        got = fast.score(rows)
+        assert got == pytest.approx(full.score(rows), abs=1e-5)
+        assert fast.last_trunk_layers == full.last_trunk_layers
+    # all rows without LoRA: every layer is trunk, and the read-out runs on the distinct rows
+    assert fast.last_trunk_layers == 3
+    if family == "encoder":
+        return
+    # a decoder reads the last token that is not the pad id, wherever it sits: a pad id inside the row
+    e = enc.encode(*PROMPTS[2])
+    pad = fast.base.tokenizer.pad_token_id
+    ids = [*e.input_ids[:-3], pad, *e.input_ids[-2:-1], pad]  # ends in the pad id: read position moves left
+    rows = [Row(ids, e.token_type_ids, "helpfulness"), Row(e.input_ids, e.token_type_ids, "sycophancy")]
+    assert fast.score(rows) == pytest.approx(full.score(rows), abs=1e-5)
