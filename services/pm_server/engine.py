@@ -1,6 +1,10 @@
 """The scoring engine: one base model, PEFT LoRA adapters (+ score heads) under internal names, and a
 mixed-adapter forward over rows. Plain torch; it knows nothing of HTTP or queues and is not thread-safe:
 exactly one thread (the batcher's model thread) may call it.
+
+Head-only principles (a score head on the frozen base, package kind `head`) are extra output columns of
+the base's own head: every head-only principle of an item is read off one base row, so a hundred of them
+cost one forward.
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ import torch
 from peft import PeftModel
 
 from pm_server.grouped import GroupedLoRA, unsupported_reason
-from pm_server.modeling import BaseModel
+from pm_server.modeling import BaseModel, score_head
+from pm_server.package import HEAD_WEIGHTS
 from pm_server.readout import Readout
 
 __all__ = ["Row", "ScoringEngine", "BASE_ADAPTER", "collate"]
@@ -85,6 +90,9 @@ class ScoringEngine:
         self._model: torch.nn.Module = base.model
         self._peft: PeftModel | None = None
         self._adapters: set[str] = set()
+        self._heads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # head-only: name -> (weight, bias)
+        self._head_columns: dict[str, int] = {}  # head-only name -> its logits column (0: the row's own head)
+        self._head_hook: torch.utils.hooks.RemovableHandle | None = None
         self._stale: set[str] = set()  # deleted but physically kept: PEFT cannot drop its last adapter
         self._pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
         if num_threads:
@@ -92,12 +100,15 @@ class ScoringEngine:
 
     @property
     def adapters(self) -> frozenset[str]:
-        return frozenset(self._adapters)
+        return frozenset(self._adapters | set(self._heads))
 
     def load_adapter(self, path: Path, name: str) -> None:
-        """Load a checked package's PEFT files under the internal adapter name `name`."""
-        if name in self._adapters or name in self._stale:
+        """Load a checked package (LoRA or head-only) under the internal adapter name `name`."""
+        if name in self._adapters or name in self._stale or name in self._heads:
             raise ValueError(f"adapter {name!r} is already loaded")
+        if (path / HEAD_WEIGHTS).is_file():
+            self._load_head(path, name)
+            return
         device = str(self.base.device)
         with warnings.catch_warnings():
             # PEFT 0.21 calls a transformers method that transformers 5 deprecated; nothing for us to change
@@ -117,7 +128,26 @@ class ScoringEngine:
         self._regroup()
         logger.debug("engine loaded adapter %s from %s", name, path)
 
+    def _load_head(self, path: Path, name: str) -> None:
+        from safetensors.torch import load_file
+
+        t = load_file(str(path / HEAD_WEIGHTS), device=str(self.base.device))
+        own = score_head(self._model)
+        own = getattr(own, "original_module", own)  # PEFT's wrapper keeps the base head there
+        want = own.weight.shape[1]
+        w = t["weight"]
+        if w.dim() != 2 or w.shape != (1, want):
+            raise ValueError(f"head weight has shape {list(w.shape)}; this base's head takes [1, {want}]")
+        b = t.get("bias", torch.zeros(1, device=w.device))
+        self._heads[name] = (w.to(own.weight.dtype), b.to(own.weight.dtype).reshape(1))
+        self._regroup()
+        logger.debug("engine loaded head-only principle %s from %s", name, path)
+
     def delete_adapter(self, name: str) -> None:
+        if name in self._heads:
+            del self._heads[name]
+            self._regroup()
+            return
         if name not in self._adapters:
             return
         self._adapters.discard(name)
@@ -139,12 +169,37 @@ class ScoringEngine:
         return self._grouped.readout_kind if self._grouped is not None and self._use_readout else None
 
     def _regroup(self) -> None:
-        """Rebuild the stacked weights after the set of adapters changed (or fall back to PEFT's path)."""
+        """Rebuild the stacked weights after the set of adapters changed (or fall back to PEFT's path),
+        then the head-only columns (their hook runs after the grouped head's)."""
         if self._grouped is not None:
             self._grouped.remove()
             self._grouped = None
-        if not self._use_grouped or self._peft is None or not self._adapters:
+        if self._head_hook is not None:
+            self._head_hook.remove()
+            self._head_hook = None
+        self._install_grouped()
+        self._head_columns = {n: i + 1 for i, n in enumerate(sorted(self._heads))}
+        if self._heads:
+            names = sorted(self._heads)
+            w = torch.cat([self._heads[n][0] for n in names])  # (H, in)
+            b = torch.cat([self._heads[n][1] for n in names])  # (H,)
+
+            def columns(module: torch.nn.Module, args: tuple[object, ...], output: torch.Tensor) -> torch.Tensor:
+                x = args[0]
+                assert isinstance(x, torch.Tensor)
+                return torch.cat([output, torch.nn.functional.linear(x.to(w.dtype), w, b).to(output.dtype)], -1)
+
+            self._head_hook = score_head(self._model).register_forward_hook(columns)
+
+    def _install_grouped(self) -> None:
+        if not self._use_grouped:
             return
+        if self._peft is None:
+            if self._heads:  # head-only principles alone: the trunk and read-out on the plain base
+                self._grouped = GroupedLoRA(self._model, [])
+            return
+        if not self._adapters:
+            return  # only stale LoRA left in PEFT's model: its adapter_names path keeps base rows clean
         names = sorted(self._adapters)
         reason = unsupported_reason(self._peft, names)
         if reason is not None:
@@ -161,18 +216,38 @@ class ScoringEngine:
 
     @torch.inference_mode()
     def score(self, rows: Sequence[Row]) -> list[float]:
-        """Raw scores of `rows`, one forward with `adapter_names=` per row. Rows are right-padded."""
+        """Raw scores of `rows` (right-padded, one mixed-adapter forward). Rows of head-only principles and
+        base rows with equal inputs share one base row, whose head-only scores are extra output columns."""
         if not rows:
             return []
         for r in rows:
-            if r.adapter != BASE_ADAPTER and r.adapter not in self._adapters:
+            if r.adapter != BASE_ADAPTER and r.adapter not in self._adapters and r.adapter not in self._heads:
                 raise KeyError(f"adapter {r.adapter!r} is not loaded")
+        forward: list[Row] = []
+        where: list[tuple[int, int]] = []  # per row: (forward row, logits column)
+        base_rows: dict[tuple[tuple[int, ...], tuple[int, ...]], int] = {}
+        for r in rows:
+            if r.adapter == BASE_ADAPTER or r.adapter in self._heads:
+                key = (tuple(r.input_ids), tuple(r.token_type_ids or ()))
+                i = base_rows.get(key)
+                if i is None:
+                    i = base_rows[key] = len(forward)
+                    forward.append(Row(r.input_ids, r.token_type_ids, BASE_ADAPTER))
+                where.append((i, self._head_columns.get(r.adapter, 0)))
+            else:
+                where.append((len(forward), 0))
+                forward.append(r)
+        logits = self._forward(forward).float()  # (F, 1 + head-only principles)
+        return [float(logits[i, c]) for i, c in where]
+
+    def _forward(self, rows: Sequence[Row]) -> torch.Tensor:
         device = self.base.device
         batch = collate(rows, self._pad_id, device)
         kwargs: dict[str, object] = dict(batch)
         if self.base.family == "decoder":
             kwargs["use_cache"] = False  # a scoring forward needs no KV cache
         names = [r.adapter for r in rows]
+        self.last_trunk_layers = 0
         if self._grouped is not None:
             slot = self._grouped.slot
             slots = torch.tensor([slot.get(n, 0) for n in names], device=device)  # (B,)
@@ -183,12 +258,11 @@ class ScoringEngine:
                 pad = getattr(self._model.config, "pad_token_id", None)
                 readout = Readout.for_batch(batch["input_ids"], batch["attention_mask"], self.base.family, pad)
             with self._grouped.routing(slots, keys, readout) as shared:
-                logits = self._model(**kwargs).logits  # (B, 1)
+                logits = self._model(**kwargs).logits  # (B, 1 + H)
             self.last_trunk_layers = shared
-            return logits[:, 0].float().tolist()
+            return logits  # type: ignore[no-any-return]
         if self._peft is not None:
             kwargs["adapter_names"] = names
         elif any(n != BASE_ADAPTER for n in names):
             raise KeyError("no adapter is loaded")
-        logits = self._model(**kwargs).logits  # (B, 1)
-        return logits[:, 0].float().tolist()
+        return self._model(**kwargs).logits  # type: ignore[no-any-return]

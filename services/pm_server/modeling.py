@@ -17,7 +17,19 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 from morlaif.models import SMOLLM2, smollm2_dir
 from pm_server.template import InputTemplate
 
-__all__ = ["BaseModel", "EMBEDDED_BASE", "load_base", "resolve_base_id", "resolve_device", "config_hash"]
+__all__ = [
+    "BaseModel",
+    "EMBEDDED_BASE",
+    "HEAD_NAMES",
+    "load_base",
+    "resolve_base_id",
+    "resolve_device",
+    "config_hash",
+    "score_head",
+]
+
+#: Where sequence-classification models keep their score head (BERT-likes: classifier; decoders: score).
+HEAD_NAMES = ("classifier", "score")
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +83,18 @@ def resolve_device(device: str) -> torch.device:
     if d.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
     return d
+
+
+def score_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The model's score head module (after PEFT injection: the wrapper PEFT put in its place)."""
+    from peft import PeftModel
+
+    inner = model.get_base_model() if isinstance(model, PeftModel) else model
+    for name in HEAD_NAMES:
+        head = getattr(inner, name, None)
+        if isinstance(head, torch.nn.Module):
+            return head
+    raise ValueError(f"{type(inner).__name__} has no score head named {' or '.join(HEAD_NAMES)}")
 
 
 def config_hash(config: transformers.PretrainedConfig) -> str:

@@ -1,5 +1,9 @@
 """Adapter packages: `<adapter_root>/<principle>/<version>/` with PEFT safetensors and principle.json.
 
+Two kinds: `lora` (a PEFT LoRA adapter with its score head, adapter_config.json + adapter_model.safetensors)
+and `head` (a score head alone on the frozen base, head.safetensors: `weight` (1, hidden) and `bias` (1,)).
+The server scores every head-only principle of an item with one forward of the base.
+
 A package is untrusted input until checked: its path must stay inside the adapter root (no `..`, no
 symlink out), it may hold only safetensors weights (never a pickle), its base must match the server's
 base, and its weights must parse. `check_package` does all of that without touching the model.
@@ -12,7 +16,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import safe_open
@@ -31,13 +35,16 @@ __all__ = [
     "find_packages",
     "newest_version",
     "resolve_package_dir",
+    "save_head_package",
     "write_manifest",
 ]
 
 MANIFEST = "principle.json"
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-_ALLOWED_FILES = {MANIFEST, ADAPTER_CONFIG, ADAPTER_WEIGHTS, "README.md", "metrics.json"}
+HEAD_WEIGHTS = "head.safetensors"
+_ALLOWED_FILES = {MANIFEST, ADAPTER_CONFIG, ADAPTER_WEIGHTS, HEAD_WEIGHTS, "README.md", "metrics.json"}
+_KIND_FILES = {"lora": (ADAPTER_CONFIG, ADAPTER_WEIGHTS), "head": (HEAD_WEIGHTS,)}
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".joblib", ".npy", ".npz"}
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
@@ -58,6 +65,9 @@ class PackageManifest(BaseModel):
 
     format_version: int = 1
     name: str = Field(pattern=PRINCIPLE_NAME_RE.pattern)
+    kind: Literal["lora", "head"] = Field(
+        default="lora", description="lora: LoRA adapter + score head; head: a score head on the frozen base."
+    )
     judge_phrase: str = ""
     description: str = ""
     base_model: str
@@ -171,16 +181,25 @@ def check_package(root: Path, pkg_dir: Path, *, expect_name: str, base_config_ha
             )
         if entry.is_file() and entry.name not in _ALLOWED_FILES:
             raise PackageError(f"{rel}/{entry.name}: unexpected file in an adapter package", code="invalid_package")
-    for required in (MANIFEST, ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        if not (pkg_dir / required).is_file():
-            code = "not_safetensors" if required == ADAPTER_WEIGHTS else "invalid_package"
-            raise PackageError(f"{rel}: missing {required}", code=code)
+    if not (pkg_dir / MANIFEST).is_file():
+        raise PackageError(f"{rel}: missing {MANIFEST}", code="invalid_package")
     try:
         manifest = PackageManifest.model_validate_json((pkg_dir / MANIFEST).read_bytes())
     except ValidationError as e:
         first = e.errors()[0]
         loc = ".".join(str(x) for x in first["loc"])
         raise PackageError(f"{rel}/{MANIFEST}: {loc}: {first['msg']}", code="invalid_package") from e
+    for required in _KIND_FILES[manifest.kind]:
+        if not (pkg_dir / required).is_file():
+            code = "not_safetensors" if required.endswith(".safetensors") else "invalid_package"
+            raise PackageError(f"{rel}: missing {required} (a {manifest.kind} package)", code=code)
+    for kind, files in _KIND_FILES.items():
+        stray = [f for f in files if kind != manifest.kind and (pkg_dir / f).exists()]
+        if stray:
+            raise PackageError(
+                f"{rel}: {stray[0]} belongs in a {kind} package; principle.json says kind {manifest.kind!r}",
+                code="invalid_package",
+            )
     if manifest.name != expect_name:
         raise PackageError(
             f"{rel} is a package for principle {manifest.name!r}, not {expect_name!r}",
@@ -193,6 +212,26 @@ def check_package(root: Path, pkg_dir: Path, *, expect_name: str, base_config_ha
             f"this server's base has config {base_config_hash}",
             code="base_mismatch",
         )
+    if manifest.kind == "head":
+        _check_head(pkg_dir, rel)
+    else:
+        _check_lora(pkg_dir, rel)
+    return CheckedPackage(path=pkg_dir, relative_path=rel, version=pkg_dir.name, manifest=manifest)
+
+
+def _read_all(path: Path, rel: str) -> dict[str, tuple[int, ...]]:
+    """The shape of every tensor of a safetensors file, reading each (a truncated file fails here)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k)[:].shape) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as e:  # safetensors raises several types for corrupt files
+        raise PackageError(f"{rel}/{path.name} is corrupt or truncated: {e}", code="corrupt_weights") from e
+    if not shapes:
+        raise PackageError(f"{rel}/{path.name} holds no tensors", code="corrupt_weights")
+    return shapes
+
+
+def _check_lora(pkg_dir: Path, rel: str) -> None:
     try:
         cfg = json.loads((pkg_dir / ADAPTER_CONFIG).read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -204,16 +243,44 @@ def check_package(root: Path, pkg_dir: Path, *, expect_name: str, base_config_ha
             f"{rel}: DoRA adapters cannot share a mixed batch with other adapters; train plain LoRA",
             code="unsupported_adapter",
         )
-    try:
-        with safe_open(str(pkg_dir / ADAPTER_WEIGHTS), framework="pt") as f:
-            keys = list(f.keys())
-            for k in keys:  # reads every tensor: a truncated file fails here, not inside the model thread
-                f.get_slice(k)[:]
-    except Exception as e:  # safetensors raises several types for corrupt files
-        raise PackageError(f"{rel}/{ADAPTER_WEIGHTS} is corrupt or truncated: {e}", code="corrupt_weights") from e
-    if not keys:
-        raise PackageError(f"{rel}/{ADAPTER_WEIGHTS} holds no tensors", code="corrupt_weights")
-    return CheckedPackage(path=pkg_dir, relative_path=rel, version=pkg_dir.name, manifest=manifest)
+    _read_all(pkg_dir / ADAPTER_WEIGHTS, rel)
+
+
+def _check_head(pkg_dir: Path, rel: str) -> None:
+    shapes = _read_all(pkg_dir / HEAD_WEIGHTS, rel)
+    w, b = shapes.get("weight"), shapes.get("bias")
+    if set(shapes) - {"weight", "bias"} or w is None or len(w) != 2 or w[0] != 1 or (b is not None and b != (1,)):
+        got = ", ".join(f"{k} {list(v)}" for k, v in sorted(shapes.items()))
+        raise PackageError(
+            f"{rel}/{HEAD_WEIGHTS}: need `weight` [1, hidden] and optionally `bias` [1]; got {got}",
+            code="invalid_package",
+        )
+
+
+def save_head_package(head: Any, pkg_dir: Path, manifest: PackageManifest) -> Path:
+    """Write a score head (a Linear with one output) and its manifest (kind `head`) as a package at `pkg_dir`,
+    atomically like `save_package`."""
+    import tempfile
+
+    from safetensors.torch import save_file
+
+    if manifest.kind != "head":
+        raise ValueError("a head package needs a manifest of kind 'head'")
+    pkg_dir.parent.mkdir(parents=True, exist_ok=True)
+    if pkg_dir.exists():
+        raise FileExistsError(f"package {pkg_dir} already exists; pick a new version")
+    tensors = {"weight": head.weight.detach().cpu().float().contiguous()}
+    if head.bias is not None:
+        tensors["bias"] = head.bias.detach().cpu().float().contiguous()
+    with tempfile.TemporaryDirectory(dir=pkg_dir.parent, prefix=".tmp-") as tmp:
+        staging = Path(tmp) / "package"
+        staging.mkdir()
+        save_file(tensors, str(staging / HEAD_WEIGHTS))
+        write_manifest(staging, manifest)
+        for f in staging.iterdir():
+            f.chmod(0o644)
+        os.rename(staging, pkg_dir)
+    return pkg_dir
 
 
 def write_manifest(pkg_dir: Path, manifest: PackageManifest) -> None:

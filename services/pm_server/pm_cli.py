@@ -106,7 +106,8 @@ def train(
     epochs: Annotated[int, typer.Option(min=1)] = 3,
     batch_size: Annotated[int, typer.Option(min=1, help="Pairs per step.")] = 16,
     lr: Annotated[
-        float | None, typer.Option(help="Peak learning rate (default 2e-3 with LoRA, 1e-4 with --full).")
+        float | None,
+        typer.Option(help="Peak learning rate (default 2e-3 with LoRA, 1e-4 with --full, 1e-2 with --head-only)."),
     ] = None,
     lora_r: Annotated[int, typer.Option(min=1)] = 8,
     lora_alpha: Annotated[int, typer.Option(min=1)] = 16,
@@ -115,6 +116,14 @@ def train(
     ] = None,
     full: Annotated[
         bool, typer.Option("--full", help="Full fine-tuning: writes a model folder instead of an adapter package.")
+    ] = False,
+    head_only: Annotated[
+        bool,
+        typer.Option(
+            "--head-only",
+            help="Train the score head alone on the frozen base (a head package: every head-only principle "
+            "of an item costs the server one shared forward).",
+        ),
     ] = False,
     margin: Annotated[float, typer.Option(min=0, help="Bradley-Terry margin added to every pair.")] = 0.0,
     val_fraction: Annotated[float, typer.Option(help="Share of prompts held out for validation.")] = 0.15,
@@ -148,11 +157,12 @@ def train(
             max_length=max_length,
             epochs=epochs,
             batch_size=batch_size,
-            learning_rate=lr if lr is not None else (1e-4 if full else 2e-3),
+            learning_rate=lr if lr is not None else (1e-4 if full else 1e-2 if head_only else 2e-3),
             lora_r=lora_r,
             lora_alpha=lora_alpha,
             layers_to_transform=_layers(layers),
             full_finetune=full,
+            head_only=head_only,
             margin=margin,
             val_fraction=val_fraction,
             patience=patience,

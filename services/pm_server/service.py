@@ -393,13 +393,13 @@ class ScoringService:
             self.batcher.call(lambda: engine.load_adapter(pkg.path, adapter_id)).result()
         except Exception as e:  # weights that parse but do not fit this model
             raise PackageError(
-                f"{pkg.relative_path}: PEFT could not load the adapter: {type(e).__name__}: {e}",
+                f"{pkg.relative_path}: could not load the package on this base: {type(e).__name__}: {e}",
                 code="invalid_package",
             ) from e
         m = pkg.manifest
         info = PrincipleInfo(
             name=m.name,
-            kind="adapter",
+            kind="head" if m.kind == "head" else "adapter",
             version=pkg.version,
             judge_phrase=m.judge_phrase,
             description=m.description,

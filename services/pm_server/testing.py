@@ -28,7 +28,7 @@ from pm_server.package import PackageManifest, save_package
 from pm_server.pairs import Pair
 from pm_server.template import InputTemplate
 
-__all__ = ["make_tiny_base", "make_random_package", "politeness_pairs"]
+__all__ = ["make_tiny_base", "make_random_package", "make_head_package", "politeness_pairs"]
 
 
 def make_tiny_base(
@@ -123,6 +123,28 @@ _WORDS = _WORDS_TEXT.split()  # noqa: SIM905
 
 def sentence(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(_WORDS) for _ in range(n))
+
+
+def make_head_package(
+    root: Path, base: BaseModel, principle: str, version: str = "v1", *, seed: int = 0, hidden: int | None = None
+) -> Path:
+    """A head-only package (kind `head`): a random score head for the frozen base (`hidden` inputs, default
+    the base's)."""
+    from pm_server.modeling import score_head
+    from pm_server.package import save_head_package
+
+    torch.manual_seed(seed)
+    own = score_head(base.model)
+    head = torch.nn.Linear(hidden or own.weight.shape[1], 1, bias=own.bias is not None)  # as training writes it
+    manifest = PackageManifest(
+        name=principle,
+        kind="head",
+        base_model=base.model_id,
+        base_config_hash=base.config_hash,
+        template=base.default_template,
+        provenance={"source": "pm_server.testing.make_head_package", "seed": seed},
+    )
+    return save_head_package(head, root / principle / version, manifest)
 
 
 def politeness_pairs(n: int, seed: int = 0) -> list[Pair]:

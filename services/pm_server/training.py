@@ -43,8 +43,8 @@ from morlaif.protocol import Calibration
 from morlaif.runs import defer_sigint, git_commit
 from morlaif.runs import progress as progress_bar
 from pm_server.engine import collate
-from pm_server.modeling import BaseModel, load_base
-from pm_server.package import PackageManifest, save_package
+from pm_server.modeling import BaseModel, load_base, score_head
+from pm_server.package import PackageManifest, save_head_package, save_package
 from pm_server.pairs import Pair, split_by_prompt, summarize
 from pm_server.template import Encoded, InputTemplate, TemplateEncoder
 
@@ -78,6 +78,9 @@ class TrainConfig:
     """Decoders only: the text template with {prompt} and {response} (default: Human/Assistant)."""
     full_finetune: bool = False
     """Train every weight instead of LoRA; writes a full model folder, not an adapter package."""
+    head_only: bool = False
+    """Train the score head alone on the frozen base: a head package, which the server scores together with
+    every other head-only principle in one base forward per item."""
     lora_r: int = 8
     """LoRA rank."""
     lora_alpha: int = 16
@@ -120,6 +123,8 @@ class TrainConfig:
             (self.margin >= 0, "margin must be >= 0"),
             (self.patience >= 0, "patience must be >= 0"),
             (self.save_every >= 1, "save_every must be >= 1"),
+            (not (self.head_only and self.full_finetune), "head_only and full_finetune exclude each other"),
+            (not (self.head_only and self.layers_to_transform), "head_only trains no layers: drop layers_to_transform"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -175,6 +180,12 @@ def build_model(base: BaseModel, config: TrainConfig) -> torch.nn.Module:
     model = base.model
     if config.full_finetune:
         for p in model.parameters():
+            p.requires_grad_(True)
+        return model
+    if config.head_only:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        for p in score_head(model).parameters():
             p.requires_grad_(True)
         return model
     from peft import LoraConfig, get_peft_model
@@ -507,6 +518,7 @@ def train_pm(
         judge_phrase=phrase,
         base_model=base.model_id,
         base_config_hash=base.config_hash,
+        kind="head" if config.head_only else "lora",
         template=template,
         calibration=calibration,
         metrics=metrics,
@@ -528,6 +540,8 @@ def train_pm(
     )
     if config.full_finetune:
         pkg_dir = _save_full(model, base, pkg_dir, manifest)
+    elif config.head_only:
+        save_head_package(score_head(model), pkg_dir, manifest)
     else:
         save_package(model, "default", pkg_dir, manifest)
     state["finished"], state["package"] = True, str(pkg_dir)

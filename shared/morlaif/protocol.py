@@ -192,8 +192,9 @@ class Calibration(_Model):
 
 class PrincipleInfo(_Model):
     name: str
-    kind: Literal["adapter", "full", "rule"] = Field(
-        description="adapter: a LoRA package; full: the base itself is a fully fine-tuned PM; rule: programmatic"
+    kind: Literal["adapter", "head", "full", "rule"] = Field(
+        description="adapter: a LoRA package; head: a score head on the frozen base; full: the base itself is "
+        "a fully fine-tuned PM; rule: programmatic"
     )
     version: str
     judge_phrase: str = ""

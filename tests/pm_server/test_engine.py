@@ -10,7 +10,7 @@ import pytest
 import torch
 from peft import PeftModel
 
-from pm_server.engine import BASE_ADAPTER, Row, ScoringEngine
+from pm_server.engine import BASE_ADAPTER, Row, ScoringEngine, collate
 from pm_server.modeling import load_base
 from pm_server.package import PackageError, check_package, find_packages, resolve_package_dir
 from pm_server.template import InputTemplate, TemplateEncoder
@@ -331,20 +331,17 @@ def test_shared_trunk_with_duplicates_padding_and_one_row_per_item(upper_third):
 
 def test_last_layer_read_out_equals_the_full_last_layer(upper_third, family):
     """The last layer computed at the head's read position only: the same scores as computing it in full,
-    with padding, a pad token inside a decoder row, base rows (the trunk then reaches the last layer) and
-    adapters on every layer."""
+    with padding, a pad token inside a decoder row, base rows and adapters on every layer."""
     base_dir, root, names = upper_third
     fast = _engine(base_dir, root, [*names, "toxicity"])
     full = _engine(base_dir, root, [*names, "toxicity"], readout=False)
     assert fast.readout_kind == ("bert" if family == "encoder" else "llama") and full.readout_kind is None
     enc = TemplateEncoder(fast.base.tokenizer, fast.base.default_template)
-    for adapters in (["helpfulness", "factuality"], [*names, "toxicity", BASE_ADAPTER], [BASE_ADAPTER, BASE_ADAPTER]):
+    for adapters in (["helpfulness", "factuality"], [*names, "toxicity", BASE_ADAPTER], [BASE_ADAPTER]):
         rows = _rows(enc, adapters)
         got = fast.score(rows)
         assert got == pytest.approx(full.score(rows), abs=1e-5)
         assert fast.last_trunk_layers == full.last_trunk_layers
-    # all rows without LoRA: every layer is trunk, and the read-out runs on the distinct rows
-    assert fast.last_trunk_layers == 3
     if family == "encoder":
         return
     # a decoder reads the last token that is not the pad id, wherever it sits: a pad id inside the row
@@ -353,3 +350,112 @@ def test_last_layer_read_out_equals_the_full_last_layer(upper_third, family):
     ids = [*e.input_ids[:-3], pad, *e.input_ids[-2:-1], pad]  # ends in the pad id: read position moves left
     rows = [Row(ids, e.token_type_ids, "helpfulness"), Row(e.input_ids, e.token_type_ids, "sycophancy")]
     assert fast.score(rows) == pytest.approx(full.score(rows), abs=1e-5)
+
+
+# ------------------------------------------------------------------------------- head-only principles
+def _with_head(base_dir, pkg_dir):
+    """The reference: the plain base with its score head replaced by the package's head."""
+    from safetensors.torch import load_file
+
+    from pm_server.modeling import score_head
+
+    base = load_base(str(base_dir))
+    t = load_file(str(pkg_dir / "head.safetensors"))
+    head = score_head(base.model)
+    with torch.no_grad():
+        head.weight.copy_(t["weight"])
+        if head.bias is not None:
+            head.bias.copy_(t["bias"])
+    return base
+
+
+def test_head_only_principles_cost_one_base_row_per_item(upper_third, family, tmp_path):
+    from pm_server.testing import make_head_package
+
+    base_dir, root, names = upper_third
+    engine = _engine(base_dir, root, ["helpfulness"])
+    heads = ["concise", "polite", "formal"]
+    for i, n in enumerate(heads):
+        make_head_package(tmp_path, engine.base, n, seed=300 + i)
+        engine.load_adapter(tmp_path / n / "v1", n)
+    assert engine.adapters == {"helpfulness", *heads}
+    seen = []
+    emb = engine.base.model.get_input_embeddings()
+    emb.register_forward_hook(lambda m, a, out: seen.append(out.shape[0]))
+    enc = TemplateEncoder(engine.base.tokenizer, engine.base.default_template)
+    rows = _rows(enc, ["helpfulness", *heads, BASE_ADAPTER])
+    got = engine.score(rows)
+    # 5 items x 5 (principle or base) rows asked; the model saw the LoRA row and one base row per item
+    assert seen == [2 * len(PROMPTS)]
+    k = 5
+    for j, n in enumerate(heads, start=1):
+        ref = _with_head(base_dir, tmp_path / n / "v1")
+        want = [
+            ref.model(**collate([r], ref.tokenizer.pad_token_id, ref.device)).logits[0, 0].item() for r in rows[j::k]
+        ]
+        assert got[j::k] == pytest.approx(want, abs=1e-5), n
+    # the LoRA rows and base rows score as on an engine without heads
+    plain = _engine(base_dir, root, ["helpfulness"])
+    assert [got[i] for i in range(len(got)) if i % k in (0, 4)] == pytest.approx(
+        plain.score([r for i, r in enumerate(rows) if i % k in (0, 4)]), abs=1e-5
+    )
+    # unloading one head leaves the others' scores as they were
+    engine.delete_adapter("polite")
+    again = engine.score([r for r in rows if r.adapter != "polite"])
+    assert again == pytest.approx([x for x, r in zip(got, rows, strict=True) if r.adapter != "polite"], abs=1e-5)
+    with pytest.raises(KeyError, match="polite"):
+        engine.score(rows[:5])
+
+
+def test_head_only_principles_without_any_lora(upper_third, tmp_path):
+    from pm_server.testing import make_head_package
+
+    base_dir, _, _ = upper_third
+    engine = ScoringEngine(load_base(str(base_dir)))
+    make_head_package(tmp_path, engine.base, "concise", seed=1)
+    engine.load_adapter(tmp_path / "concise" / "v1", "concise")
+    enc = TemplateEncoder(engine.base.tokenizer, engine.base.default_template)
+    rows = _rows(enc, ["concise"])
+    ref = _with_head(base_dir, tmp_path / "concise" / "v1")
+    want = [ref.model(**collate([r], ref.tokenizer.pad_token_id, ref.device)).logits[0, 0].item() for r in rows]
+    assert engine.score(rows) == pytest.approx(want, abs=1e-5)
+    # a head for another hidden size is refused when loaded, naming both shapes
+    make_head_package(tmp_path, engine.base, "wide", seed=2, hidden=48)
+    with pytest.raises(ValueError, match=r"shape \[1, 48\].*\[1, 32\]"):
+        engine.load_adapter(tmp_path / "wide" / "v1", "wide")
+    assert engine.adapters == {"concise"}
+
+
+def test_head_package_checks(upper_third, tmp_path):
+    from safetensors.torch import save_file
+
+    from pm_server.testing import make_head_package
+
+    base_dir, _, _ = upper_third
+    base = load_base(str(base_dir))
+    h = base.config_hash
+    pkg = make_head_package(tmp_path, base, "concise", seed=1)
+    assert check_package(tmp_path, pkg, expect_name="concise", base_config_hash=h).manifest.kind == "head"
+
+    def refused(code, pkg_dir, match):
+        with pytest.raises(PackageError, match=match) as e:
+            check_package(tmp_path, pkg_dir, expect_name="concise", base_config_hash=h)
+        assert e.value.code == code
+
+    bad = tmp_path / "concise" / "bad-shape"
+    shutil.copytree(pkg, bad)
+    save_file({"weight": torch.zeros(2, 32)}, str(bad / "head.safetensors"))
+    refused("invalid_package", bad, r"need `weight` \[1, hidden\].*weight \[2, 32\]")
+    cut = tmp_path / "concise" / "truncated"
+    shutil.copytree(pkg, cut)
+    data = (cut / "head.safetensors").read_bytes()
+    (cut / "head.safetensors").write_bytes(data[: len(data) // 2])
+    refused("corrupt_weights", cut, "corrupt or truncated")
+    gone = tmp_path / "concise" / "missing"
+    shutil.copytree(pkg, gone)
+    (gone / "head.safetensors").unlink()
+    refused("not_safetensors", gone, "missing head.safetensors")
+    mixed = tmp_path / "concise" / "mixed"
+    shutil.copytree(pkg, mixed)
+    (mixed / "adapter_config.json").write_text("{}")
+    refused("invalid_package", mixed, "adapter_config.json belongs in a lora package")

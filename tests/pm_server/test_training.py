@@ -253,3 +253,42 @@ def test_full_finetuning_writes_a_model_the_server_serves_as_the_principle(tmp_p
     assert r.status_code == 200, r.text
     s = torch.tensor([x["raw_scores"]["politeness"] for x in r.json()["results"]]).view(-1, 2)
     assert accuracy(s[:, 0], s[:, 1]).value == pytest.approx(res.metrics["val_accuracy"])
+
+
+def test_head_only_pm_trains_and_is_served_beside_a_lora_pm(tmp_path, tiny_decoder_dir, live_server):
+    """`head_only`: the base frozen, the score head learnt; a `head` package the server serves (kind head)
+    beside LoRA packages, scoring as the evaluation does. (On the tiny decoder: a random tiny BERT's pooled
+    features hardly vary between inputs, so no head can learn on them; a trained base's do.)"""
+    from pm_server.testing import make_random_package
+
+    pairs = politeness_pairs(360)
+    root = tmp_path / "adapters"
+    res = train_pm(
+        pairs,
+        principle="courtesy",
+        config=TrainConfig(base=str(tiny_decoder_dir), head_only=True, **{**FAST, "learning_rate": 3e-2}),
+        out_root=root,
+        run_dir=tmp_path / "run",
+        version="h1",
+        progress=False,
+    )
+    assert sorted(p.name for p in res.package_dir.iterdir()) == ["head.safetensors", "principle.json"]
+    assert res.history[-1]["val_loss"] < 0.6 and res.metrics["val_accuracy"] > 0.8, res.metrics
+    make_random_package(root, load_base(str(tiny_decoder_dir)), "helpfulness", "v1", seed=3)
+    settings = ServerSettings(base_model=str(tiny_decoder_dir), adapter_root=root, insecure_dev=True)
+    server = live_server(create_app(settings)).start()
+    info = {p["name"]: p for p in httpx.get(server.url + "/v1/principles", timeout=30).json()["principles"]}
+    assert info["courtesy"]["kind"] == "head" and info["helpfulness"]["kind"] == "adapter"
+    _, val = split_by_prompt(pairs, 0.15, salt="val0")
+    items = [{"prompt": p.prompt, "response": r} for p in val for r in (p.chosen, p.rejected)]
+    r = httpx.post(server.url + "/v1/score", json={"items": items}, timeout=30)
+    assert r.status_code == 200, r.text
+    s = torch.tensor([x["raw_scores"]["courtesy"] for x in r.json()["results"]]).view(-1, 2)
+    assert accuracy(s[:, 0], s[:, 1]).value == pytest.approx(res.metrics["val_accuracy"])
+
+
+def test_head_only_refuses_layers_and_full(tiny_encoder_dir):
+    with pytest.raises(TrainError, match="head_only trains no layers"):
+        TrainConfig(base=str(tiny_encoder_dir), head_only=True, layers_to_transform=[1])
+    with pytest.raises(TrainError, match="exclude each other"):
+        TrainConfig(base=str(tiny_encoder_dir), head_only=True, full_finetune=True)
