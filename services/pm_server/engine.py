@@ -39,6 +39,8 @@ class Row:
     input_ids: Sequence[int]
     token_type_ids: Sequence[int] | None
     adapter: str
+    #: leading tokens shared by every response to the same prompt (`Encoded.prefix_tokens`; 0: unknown)
+    prefix: int = 0
 
 
 class _Sequence(Protocol):
@@ -76,14 +78,19 @@ class ScoringEngine:
         grouped: bool = True,
         share_trunk: bool = True,
         readout: bool = True,
+        share_prefix: bool = True,
     ) -> None:
         """`grouped=False` keeps PEFT's own mixed-adapter path; `share_trunk=False` computes every row through
-        every layer; `readout=False` computes the last layer at every position (all three for comparison
-        only: the defaults are the fast and exact ones)."""
+        every layer; `readout=False` computes the last layer at every position; `share_prefix=False`
+        computes a decoder's prompt once per response (all four for comparison only: the defaults are the
+        fast and exact ones)."""
         self.base = base
         self._use_grouped = grouped
         self._share = share_trunk
         self._use_readout = readout
+        self._share_prefix = share_prefix
+        #: prompt tokens the last batch computed once for several responses (0: none)
+        self.last_prefix_tokens_saved = 0
         #: layers the last batch computed once per distinct input (0: none)
         self.last_trunk_layers = 0
         self._grouped: GroupedLoRA | None = None
@@ -232,7 +239,7 @@ class ScoringEngine:
                 i = base_rows.get(key)
                 if i is None:
                     i = base_rows[key] = len(forward)
-                    forward.append(Row(r.input_ids, r.token_type_ids, BASE_ADAPTER))
+                    forward.append(Row(r.input_ids, r.token_type_ids, BASE_ADAPTER, r.prefix))
                 where.append((i, self._head_columns.get(r.adapter, 0)))
             else:
                 where.append((len(forward), 0))
@@ -241,6 +248,91 @@ class ScoringEngine:
         return [float(logits[i, c]) for i, c in where]
 
     def _forward(self, rows: Sequence[Row]) -> torch.Tensor:
+        self.last_prefix_tokens_saved = 0
+        splits = self._prefix_splits(rows)
+        if splits is not None:
+            return self._forward_prefixed(rows, splits)
+        return self._forward_rows(rows)
+
+    def _prefix_splits(self, rows: Sequence[Row]) -> list[int] | None:
+        """Where each row's prompt ends, when computing the prompts once (decoders; several responses to a
+        prompt in the batch) saves at least a fifth of the tokens; else None."""
+        if not self._share_prefix or self._grouped is None or self.base.family != "decoder":
+            return None
+        splits = [min(r.prefix, len(r.input_ids) - 1) for r in rows]  # a response pass reads >= 1 token
+        if min(splits) < 1:
+            return None
+        prompts = {(tuple(r.input_ids[:k]), r.adapter): k for r, k in zip(rows, splits, strict=True)}
+        total = sum(len(r.input_ids) for r in rows)
+        needed = sum(prompts.values()) + sum(len(r.input_ids) - k for r, k in zip(rows, splits, strict=True))
+        if needed > 0.8 * total:
+            return None
+        self.last_prefix_tokens_saved = total - needed
+        return splits
+
+    def _forward_prefixed(self, rows: Sequence[Row], splits: Sequence[int]) -> torch.Tensor:
+        """A decoder's prompts once per (prompt, adapter) into a KV cache, then every response against it.
+
+        Causal attention makes a prompt's keys and values independent of what follows, so the response
+        pass sees exactly what one forward of the whole row would. The cache of each layer is gathered to
+        the rows that layer sees in the response pass (distinct rows in the shared trunk, all above).
+        """
+        from transformers import DynamicCache
+
+        grouped = self._grouped
+        assert grouped is not None
+        device = self.base.device
+        slot = grouped.slot
+        first: dict[tuple[tuple[int, ...], str], int] = {}
+        prompt_rows: list[Row] = []
+        prompt_of: list[int] = []  # row -> its prompt row
+        for r, k in zip(rows, splits, strict=True):
+            key = (tuple(r.input_ids[:k]), r.adapter)
+            i = first.get(key)
+            if i is None:
+                i = first[key] = len(prompt_rows)
+                prompt_rows.append(Row(r.input_ids[:k], None, r.adapter))
+            prompt_of.append(i)
+        pad = getattr(self._model.config, "pad_token_id", None)
+        # 1. the prompts: every layer's keys and values into the cache (the last layer computes nothing else)
+        b1 = collate(prompt_rows, self._pad_id, device)
+        slots1 = torch.tensor([slot.get(r.adapter, 0) for r in prompt_rows], device=device)
+        keys1 = [tuple(r.input_ids) for r in prompt_rows] if self._share else None
+        cache = DynamicCache(config=self._model.config)
+        ro1 = Readout(None, None) if self._use_readout else None
+        with grouped.routing(slots1, keys1, ro1):
+            self._model(**b1, past_key_values=cache, use_cache=True)
+        plan1 = grouped.plan(slots1, keys1)
+        # 2. the responses, each row's cache gathered from its prompt row
+        responses = [Row(r.input_ids[k:], None, r.adapter) for r, k in zip(rows, splits, strict=True)]
+        b2 = collate(responses, self._pad_id, device)
+        ids2 = b2["input_ids"]
+        of = torch.tensor(prompt_of, device=device)
+        mask = torch.cat([b1["attention_mask"].index_select(0, of), b2["attention_mask"]], 1)  # (N, P + S)
+        start = torch.tensor(splits, device=device)
+        positions = start[:, None] + torch.arange(ids2.shape[1], device=device)[None, :]  # (N, S)
+        slots2 = torch.tensor([slot.get(r.adapter, 0) for r in rows], device=device)
+        keys2 = [(tuple(r.input_ids), ()) for r in rows] if self._share else None
+        plan2 = grouped.plan(slots2, keys2)
+        everyone1 = torch.arange(len(prompt_rows), device=device)
+        everyone2 = torch.arange(len(rows), device=device)
+        for i, layer in enumerate(cache.layers):
+            cache_row = plan1[2] if plan1 is not None and i < plan1[0] else everyone1  # prompt row -> cache row
+            seen = plan2[1] if plan2 is not None and i < plan2[0] else everyone2  # rows layer i sees
+            idx = cache_row.index_select(0, of.index_select(0, seen))
+            layer.keys = layer.keys.index_select(0, idx)
+            layer.values = layer.values.index_select(0, idx)
+        ro2 = None
+        if self._use_readout:
+            ro2 = Readout.for_batch(ids2, mask, "decoder", pad, cached=b1["input_ids"].shape[1])
+        with grouped.routing(slots2, keys2, ro2) as shared:
+            out = self._model(
+                input_ids=ids2, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+            )
+        self.last_trunk_layers = shared
+        return out.logits  # type: ignore[no-any-return]
+
+    def _forward_rows(self, rows: Sequence[Row]) -> torch.Tensor:
         device = self.base.device
         batch = collate(rows, self._pad_id, device)
         kwargs: dict[str, object] = dict(batch)

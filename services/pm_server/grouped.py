@@ -131,6 +131,28 @@ class GroupedLoRA:
         """How many lower layers no adapter of these rows' slots touches."""
         return min(self.first_layer[int(s)] for s in torch.unique(slots))
 
+    def plan(
+        self, slots: torch.Tensor, keys: Sequence[Hashable] | None
+    ) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+        """The trunk a forward of these rows shares: (layers, first row of each distinct input, row -> its
+        distinct input), or None when nothing is shared (no keys, no duplicates, an adapter on layer 0)."""
+        if keys is None or self._layers_name is None:
+            return None
+        k = self.trunk_layers(slots)
+        first: dict[Hashable, int] = {}
+        uniq: list[int] = []  # the first row of each distinct input
+        inverse: list[int] = []  # row -> its distinct input
+        for row, key in enumerate(keys):
+            u = first.get(key)
+            if u is None:
+                u = first[key] = len(uniq)
+                uniq.append(row)
+            inverse.append(u)
+        if k == 0 or len(uniq) == len(keys):
+            return None
+        dev = slots.device
+        return k, torch.tensor(uniq, device=dev), torch.tensor(inverse, device=dev)
+
     def _readout_for(self, batch: int) -> Readout | None:
         """The read-out of the rows the last layer sees: all rows, or the distinct ones when the trunk
         reaches the last layer (every row without LoRA)."""
@@ -154,22 +176,8 @@ class GroupedLoRA:
         """
         self.slots = slots
         self._readout = readout if self.readout_kind is not None else None
-        shared = 0
-        if keys is not None and self._layers_name is not None:
-            k = self.trunk_layers(slots)
-            first: dict[Hashable, int] = {}
-            uniq: list[int] = []  # the first row of each distinct input
-            inverse: list[int] = []  # row -> its distinct input
-            for row, key in enumerate(keys):
-                u = first.get(key)
-                if u is None:
-                    u = first[key] = len(uniq)
-                    uniq.append(row)
-                inverse.append(u)
-            if k > 0 and len(uniq) < len(keys):
-                dev = slots.device
-                self._trunk = (k, torch.tensor(uniq, device=dev), torch.tensor(inverse, device=dev))
-                shared = k
+        self._trunk = self.plan(slots, keys)
+        shared = self._trunk[0] if self._trunk is not None else 0
         try:
             yield shared
         finally:

@@ -10,6 +10,10 @@ layer's input; nothing reads them.
 Only layer types whose computation this reproduces exactly are taken over (`readout_kind`): BERT's
 (post-norm, no cross-attention) and Llama's (pre-norm, rotary, grouped-query attention, no sliding
 window or query/key norms). Any other layer runs as it is.
+
+With a KV cache (a decoder's prompt computed once for several responses, see `ScoringEngine`), the
+prompt pass needs only the last layer's keys and values (`Readout.pos` None: the cache is filled and
+nothing else is computed), and the response pass reads one position against the cached and new keys.
 """
 
 from __future__ import annotations
@@ -25,20 +29,28 @@ __all__ = ["Readout", "readout_kind", "install_readout"]
 
 
 class Readout:
-    """Where each row is read (`pos`, (N,)) and which keys its query may see (`allowed`, (N, T) bool)."""
+    """Where each row is read (`pos`, (N,), into this pass's positions; None: fill the cache only) and
+    which keys its query may see (`allowed`, (N, cached + T) bool)."""
 
     __slots__ = ("pos", "allowed")
 
-    def __init__(self, pos: torch.Tensor, allowed: torch.Tensor) -> None:
+    def __init__(self, pos: torch.Tensor | None, allowed: torch.Tensor | None) -> None:
         self.pos = pos
         self.allowed = allowed
 
     @classmethod
     def for_batch(
-        cls, input_ids: torch.Tensor, attention_mask: torch.Tensor, family: str, pad_id: int | None
+        cls,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        family: str,
+        pad_id: int | None,
+        *,
+        cached: int = 0,
     ) -> Readout:
         """The position the model's head reads: the first token (encoders); the last token that is not the
-        pad id (decoders, as transformers' sequence classification finds it), seeing keys up to it."""
+        pad id (decoders, as transformers' sequence classification finds it), seeing keys up to it.
+        `attention_mask` covers the `cached` positions of a KV cache, then this pass's."""
         n, t = input_ids.shape
         allowed = attention_mask.bool()
         if family == "encoder":
@@ -49,10 +61,13 @@ class Readout:
                 pos = torch.full((n,), t - 1, dtype=torch.long, device=input_ids.device)
             else:
                 pos = (idx * (input_ids != pad_id).long()).argmax(-1)
-            allowed = allowed & (idx[None, :] <= pos[:, None])
+            keys = torch.arange(allowed.shape[1], device=input_ids.device)
+            allowed = allowed & (keys[None, :] <= cached + pos[:, None])
         return cls(pos, allowed)
 
     def take(self, index: torch.Tensor) -> Readout:
+        if self.pos is None or self.allowed is None:
+            return self
         return Readout(self.pos.index_select(0, index), self.allowed.index_select(0, index))
 
 
@@ -92,6 +107,7 @@ def _attention(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, Any
 
 
 def _bert(layer: torch.nn.Module, hidden: torch.Tensor, ro: Readout) -> torch.Tensor:
+    assert ro.pos is not None and ro.allowed is not None
     n, t, _ = hidden.shape
     rows = torch.arange(n, device=hidden.device)
     sa = layer.attention.self
@@ -108,20 +124,26 @@ def _bert(layer: torch.nn.Module, hidden: torch.Tensor, ro: Readout) -> torch.Te
     return result
 
 
-def _llama(layer: torch.nn.Module, hidden: torch.Tensor, ro: Readout, position_embeddings: Any) -> torch.Tensor:
+def _llama(
+    layer: torch.nn.Module, hidden: torch.Tensor, ro: Readout, position_embeddings: Any, cache: Any
+) -> torch.Tensor:
     n, t, _ = hidden.shape
     rows = torch.arange(n, device=hidden.device)
     attn = layer.self_attn
     rotary = sys.modules[type(attn).__module__].apply_rotary_pos_emb
     x = layer.input_layernorm(hidden)
     d = attn.head_dim
-    q = attn.q_proj(x[rows, ro.pos][:, None]).view(n, 1, -1, d).transpose(1, 2)  # (N, heads, 1, d)
     k = attn.k_proj(x).view(n, t, -1, d).transpose(1, 2)  # (N, kv heads, T, d)
     v = attn.v_proj(x).view(n, t, -1, d).transpose(1, 2)
     cos, sin = position_embeddings  # (N or 1, T, d)
     cos, sin = cos.expand(n, -1, -1), sin.expand(n, -1, -1)
-    q = rotary(q, q, cos[rows, ro.pos][:, None], sin[rows, ro.pos][:, None])[0]
     k = rotary(k, k, cos, sin)[0]
+    if cache is not None:
+        k, v = cache.update(k, v, attn.layer_idx)  # the cached positions, then these
+    if ro.pos is None or ro.allowed is None:
+        return hidden  # a prompt pass: only the cache is wanted from this layer
+    q = attn.q_proj(x[rows, ro.pos][:, None]).view(n, 1, -1, d).transpose(1, 2)  # (N, heads, 1, d)
+    q = rotary(q, q, cos[rows, ro.pos][:, None], sin[rows, ro.pos][:, None])[0]
     out, _ = _attention(attn)(attn, q, k, v, _mask(ro.allowed, q.dtype), dropout=0.0, scaling=attn.scaling)
     h = hidden[rows, ro.pos][:, None] + attn.o_proj(out.reshape(n, 1, -1))  # (N, 1, H)
     h = h + layer.mlp(layer.post_attention_layernorm(h))
@@ -132,16 +154,21 @@ def _llama(layer: torch.nn.Module, hidden: torch.Tensor, ro: Readout, position_e
 
 def install_readout(layer: torch.nn.Module, kind: str, current: Callable[[int], Readout | None]) -> Callable[[], None]:
     """Make `layer` compute only the read positions while `current(batch)` gives a Readout; returns an
-    uninstaller. The layer's own forward runs otherwise (and for anything this does not handle: a cache)."""
+    uninstaller. The layer's own forward runs otherwise (and for calls this does not recognise)."""
     original = layer.forward
 
     def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         ro = current(hidden_states.shape[0])
-        if ro is None or kwargs.get("past_key_values") is not None or hidden_states.dim() != 3:
+        cache = kwargs.get("past_key_values")
+        if ro is None or hidden_states.dim() != 3:
             return original(hidden_states, *args, **kwargs)
-        if kind == "bert":
+        if kind == "bert":  # called as (hidden, attention mask, encoder hidden states, ...)
+            if cache is not None or any(a is not None for a in args[1:]):
+                return original(hidden_states, *args, **kwargs)
             return _bert(layer, hidden_states, ro)
-        return _llama(layer, hidden_states, ro, kwargs["position_embeddings"])
+        if args:
+            return original(hidden_states, *args, **kwargs)
+        return _llama(layer, hidden_states, ro, kwargs["position_embeddings"], cache)
 
     layer.forward = forward  # an instance attribute: hooks still run around it
 

@@ -255,7 +255,7 @@ class ScoringService:
         for i in range(len(pairs)):
             for e in learned:
                 enc = encoded[e.template or templates[0]][i]
-                rows.append(Row(enc.input_ids, enc.token_type_ids, e.adapter_id or ""))
+                rows.append(Row(enc.input_ids, enc.token_type_ids, e.adapter_id or "", enc.prefix_tokens))
         fut = self.batcher.submit(rows)
         try:
             flat = await asyncio.wrap_future(fut)

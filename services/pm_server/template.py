@@ -53,6 +53,9 @@ class Encoded:
     token_type_ids: list[int] | None
     truncated: bool
     response_tokens: int  # before truncation: what the length rule counts
+    #: `text` templates: how many leading tokens come before the response (the same for every response to
+    #: one prompt, so a decoder can compute them once); 0 for `pair` templates (an encoder sees both ways)
+    prefix_tokens: int = 0
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -103,17 +106,25 @@ class TemplateEncoder:
         elif len(p.ids) + n_resp > budget:
             p.truncate(budget - n_resp, direction="left")
             truncated = True
+        prefix = 0
         if self.template.kind == "pair":
             out = self._specials.post_process(p, r, add_special_tokens=True)
         else:
             lit0, lit1, lit2 = self._literals
             merged = tokenizers.Encoding.merge([lit0, p, lit1, r, lit2], growing_offsets=True)
             out = self._specials.post_process(merged, None, add_special_tokens=True)
+            lead = 0  # special tokens the post-processor put in front (a BOS)
+            for m in out.special_tokens_mask:
+                if not m:
+                    break
+                lead += 1
+            prefix = lead + len(lit0.ids) + len(p.ids) + len(lit1.ids)
         return Encoded(
             input_ids=list(out.ids),
             token_type_ids=list(out.type_ids) if self._type_ids else None,
             truncated=truncated,
             response_tokens=n_resp,
+            prefix_tokens=prefix,
         )
 
     def count_tokens(self, text: str) -> int:

@@ -459,3 +459,43 @@ def test_head_package_checks(upper_third, tmp_path):
     shutil.copytree(pkg, mixed)
     (mixed / "adapter_config.json").write_text("{}")
     refused("invalid_package", mixed, "adapter_config.json belongs in a lora package")
+
+
+# ------------------------------------------------------------------------------- decoder prompt sharing
+def test_decoder_prompts_computed_once_for_several_responses(upper_third, family):
+    """Several responses to one prompt (a PPO or GRPO group): the prompt's keys and values are computed once
+    per (prompt, adapter) into a KV cache and every response is scored against it, equal to scoring each
+    whole row, with prompts and responses of unequal lengths, upper-layer and all-layer adapters."""
+    if family == "encoder":
+        pytest.skip("an encoder attends both ways: a prompt's states depend on the response")
+    base_dir, root, names = upper_third
+    fast = _engine(base_dir, root, [*names, "toxicity"])
+    whole = _engine(base_dir, root, [*names, "toxicity"], share_prefix=False)
+    enc = TemplateEncoder(fast.base.tokenizer, fast.base.default_template)
+    groups = [
+        ("Tell me a long story about a dragon who learned to code in Python and wrote a compiler.", 4),
+        ("Is the earth flat? Answer with care, and give the evidence people use to tell.", 3),
+        ("hi", 2),
+    ]
+    responses = ["Once upon a time.", "No.", "It is round, as ships and eclipses show.", "Hello there, friend!"]
+    encoded = [enc.encode(p, responses[i]) for p, n in groups for i in range(n)]
+    for e in encoded:  # the prompt is a prefix of the row
+        assert 0 < e.prefix_tokens < len(e.input_ids)
+    assert encoded[0].input_ids[: encoded[0].prefix_tokens] == encoded[1].input_ids[: encoded[1].prefix_tokens]
+    for adapters in (["helpfulness", "harmlessness", "sycophancy"], [*names, "toxicity", BASE_ADAPTER]):
+        rows = [Row(e.input_ids, None, a, e.prefix_tokens) for e in encoded for a in adapters]
+        got = fast.score(rows)
+        assert fast.last_prefix_tokens_saved > 0
+        assert got == pytest.approx(whole.score(rows), abs=1e-5)
+        assert whole.last_prefix_tokens_saved == 0
+    # shuffled rows and one prompt alone: still exact
+    rows = [Row(e.input_ids, None, "helpfulness", e.prefix_tokens) for e in encoded][::-1]
+    rows.append(Row(enc.encode("Why?", "Because.").input_ids, None, "factuality", 3))
+    assert fast.score(rows) == pytest.approx(whole.score(rows), abs=1e-5)
+    # without the read-out (the last layer in full over the cache) the same
+    plain = _engine(base_dir, root, [*names, "toxicity"], readout=False)
+    assert plain.score(rows) == pytest.approx(whole.score(rows), abs=1e-5) and plain.last_prefix_tokens_saved > 0
+    # a single response per prompt saves nothing: one pass
+    one = [Row(encoded[0].input_ids, None, "helpfulness", encoded[0].prefix_tokens)]
+    fast.score(one)
+    assert fast.last_prefix_tokens_saved == 0
