@@ -62,13 +62,19 @@ WORDS = [
 ]
 
 
-def make_items(n: int, seed: int) -> list[tuple[str, str]]:
+def make_items(n: int, seed: int, tokens: int, group: int = 1) -> list[tuple[str, str]]:
+    """`n` (prompt, response) items, `group` responses per prompt; the response about a quarter of `tokens`,
+    the prompt (cut from the left by the template) the rest."""
     g = torch.Generator().manual_seed(seed)
 
     def text(k: int) -> str:
         return " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (k,), generator=g))
 
-    return [(text(200), text(200)) for _ in range(n)]
+    items = []
+    while len(items) < n:
+        prompt = text(2 * tokens)
+        items += [(prompt, text(max(1, tokens // 4))) for _ in range(min(group, n - len(items)))]
+    return items
 
 
 def _copy_base(base):
@@ -132,6 +138,12 @@ def main() -> None:
     ap.add_argument("--base", default="minilm", help="base model (default: the embedded MiniLM-L6)")
     ap.add_argument("--principles", default="1,4,12", help="comma-separated principle counts")
     ap.add_argument("--items", type=int, default=16, help="items per scoring call")
+    ap.add_argument(
+        "--group",
+        type=int,
+        default=1,
+        help="responses per prompt (a PPO/GRPO group): decoders then compute each prompt once",
+    )
     ap.add_argument("--tokens", default="128", help="comma-separated tokens per item (exact), e.g. 64,256")
     ap.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (median)")
     ap.add_argument(
@@ -176,16 +188,28 @@ def bare_forward(model, ids: torch.Tensor, types: torch.Tensor | None, k: int, c
     return out
 
 
+#: our engine's variants, timed side by side: (key, label, ScoringEngine options)
+VARIANTS = [
+    ("ours", "ours (all savings)", {}),
+    ("ours_no_prefix", "ours, no prompt sharing", {"share_prefix": False}),
+    ("ours_trunk_only", "ours, shared trunk only", {"readout": False, "share_prefix": False}),
+    ("ours_unshared", "ours, none of them", {"share_trunk": False, "readout": False, "share_prefix": False}),
+    ("peft_mixed", "PEFT mixed batch", {"grouped": False}),
+]
+
+
 def run_config(args, base, dev, tokens: int, counts: list[int], names_all: list[str]) -> list[dict]:
     template = InputTemplate(kind=base.default_template.kind, text=base.default_template.text, max_length=tokens)
     enc = TemplateEncoder(base.tokenizer, template)
-    encoded = [enc.encode(p, r) for p, r in make_items(args.items, seed=0)]
+    encoded = [enc.encode(p, r) for p, r in make_items(args.items, seed=0, tokens=tokens, group=args.group)]
     assert all(len(e) == tokens for e in encoded), "items must be exactly --tokens long"
     ids = torch.tensor([e.input_ids for e in encoded], device=dev)
     mask = torch.ones_like(ids)
     types = None
     if encoded[0].token_type_ids is not None:
         types = torch.tensor([e.token_type_ids for e in encoded], device=dev)
+    # prompt sharing only changes anything for decoders with several responses per prompt
+    variants = [v for v in VARIANTS if v[0] != "ours_no_prefix" or (args.group > 1 and base.family == "decoder")]
 
     results = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -195,81 +219,63 @@ def run_config(args, base, dev, tokens: int, counts: list[int], names_all: list[
             make_random_package(root, base, n, "v1", seed=i, scale=0.05, layers_to_transform=layers)
         for k in counts:
             names = names_all[:k]
-            engine = ScoringEngine(_copy_base(base))
-            trunk_only = ScoringEngine(_copy_base(base), readout=False)
-            unshared = ScoringEngine(_copy_base(base), share_trunk=False, readout=False)
-            peft_mixed = ScoringEngine(_copy_base(base), grouped=False)
+            engines = {key: ScoringEngine(_copy_base(base), **opts) for key, _, opts in variants}
             for j, n in enumerate(names):  # internal ids, as the server uses ("bias" is no safe module name)
-                for e in (engine, trunk_only, unshared, peft_mixed):
+                for e in engines.values():
                     e.load_adapter(root / n / "v1", f"pm{j}")
             bare = copy.deepcopy(base.model)
-            rows = [Row(e.input_ids, e.token_type_ids, f"pm{j}") for e in encoded for j in range(len(names))]
+            rows = [
+                Row(e.input_ids, e.token_type_ids, f"pm{j}", e.prefix_tokens)
+                for e in encoded
+                for j in range(len(names))
+            ]
             swap = PeftModel.from_pretrained(copy.deepcopy(base.model), str(root / names[0] / "v1"), adapter_name="pm0")
             for j, n in enumerate(names[1:], start=1):
                 swap.load_adapter(str(root / n / "v1"), adapter_name=f"pm{j}", is_trainable=False)
             ids_ = [f"pm{j}" for j in range(len(names))]
-            # one long-lived model thread, as in the server (a new thread per call pays for a new OpenMP team)
-            batcher = started_batcher(engine, args.max_batch_tokens, len(rows))
-            trunk = started_batcher(trunk_only, args.max_batch_tokens, len(rows))
-            plain = started_batcher(unshared, args.max_batch_tokens, len(rows))
-            mixed = started_batcher(peft_mixed, args.max_batch_tokens, len(rows))
+            # one long-lived model thread each, as in the server (a new thread per call pays for a new OpenMP team)
+            batchers = {key: started_batcher(e, args.max_batch_tokens, len(rows)) for key, e in engines.items()}
             chunk = max(1, args.max_batch_tokens // tokens)
-            (
-                (t_ours, got),
-                (t_trunk, got_trunk),
-                (t_plain, got_plain),
-                (t_peft, got_peft),
-                (t_swap, ref_),
-                (
-                    t_bare,
-                    _,
-                ),
-            ) = timed(
-                [
-                    lambda b=batcher, r=rows: ours(b, r),
-                    lambda b=trunk, r=rows: ours(b, r),
-                    lambda b=plain, r=rows: ours(b, r),
-                    lambda b=mixed, r=rows: ours(b, r),
-                    lambda m=swap, n=ids_: hotswapper(m, n, ids, mask, types),
-                    lambda m=bare, kk=k, c=chunk: bare_forward(m, ids, types, kk, c),
-                ],
-                args.repeats,
-            )
-            trunk.stop()
-            plain.stop()
-            mixed.stop()
-            ref = {n: ref_[f"pm{j}"] for j, n in enumerate(names)}
-
+            fns = [lambda b=b, r=rows: ours(b, r) for b in batchers.values()]
+            fns += [
+                lambda m=swap, n=ids_: hotswapper(m, n, ids, mask, types),
+                lambda m=bare, kk=k, c=chunk: bare_forward(m, ids, types, kk, c),
+            ]
+            timings = timed(fns, args.repeats)
+            for b in batchers.values():
+                b.stop()
+            (t_swap, ref_), (t_bare, _) = timings[-2:]
+            times = {key: t for key, (t, _) in zip(batchers, timings, strict=False)}
+            outs = {key: o for key, (_, o) in zip(batchers, timings, strict=False)}
+            got = outs["ours"]
             ours_by = {n: [got[i * k + j] for i in range(len(encoded))] for j, n in enumerate(names)}
-            max_diff = max(abs(a - b) for n in names for a, b in zip(ours_by[n], ref[n], strict=True))
-            for other in (got_trunk, got_plain, got_peft):
+            max_diff = max(
+                abs(a - b) for j, n in enumerate(names) for a, b in zip(ours_by[n], ref_[f"pm{j}"], strict=True)
+            )
+            for other in outs.values():
                 max_diff = max(max_diff, max(abs(a - b) for a, b in zip(got, other, strict=True)))
             if max_diff > 1e-4:
                 raise SystemExit(f"scores differ by {max_diff:.2e} at {k} principles: not comparable")
             n_scores = len(encoded) * k
-            results.append(
-                {
-                    "base": args.base,
-                    "principles": k,
-                    "items": len(encoded),
-                    "tokens_per_item": tokens,
-                    "adapter_layers": args.adapter_layers,
-                    "trunk_layers": engine.last_trunk_layers,
-                    "ours_scores_per_s": n_scores / t_ours,
-                    "ours_trunk_only_scores_per_s": n_scores / t_trunk,
-                    "ours_unshared_scores_per_s": n_scores / t_plain,
-                    "peft_mixed_scores_per_s": n_scores / t_peft,
-                    "bare_base_rows_per_s": n_scores / t_bare,
-                    "hotswap_scores_per_s": n_scores / t_swap,
-                    "speedup": t_swap / t_ours,
-                    "ours_s": t_ours,
-                    "ours_trunk_only_s": t_trunk,
-                    "ours_unshared_s": t_plain,
-                    "hotswap_s": t_swap,
-                    "max_abs_diff": max_diff,
-                }
-            )
-            batcher.stop()
+            r = {
+                "base": args.base,
+                "principles": k,
+                "items": len(encoded),
+                "responses_per_prompt": args.group,
+                "tokens_per_item": tokens,
+                "adapter_layers": args.adapter_layers,
+                "trunk_layers": engines["ours"].last_trunk_layers,
+                "readout": engines["ours"].readout_kind,
+                "bare_base_rows_per_s": n_scores / t_bare,
+                "hotswap_scores_per_s": n_scores / t_swap,
+                "hotswap_s": t_swap,
+                "speedup": t_swap / times["ours"],
+                "max_abs_diff": max_diff,
+            }
+            for key, t in times.items():
+                r[f"{key}_scores_per_s"] = n_scores / t
+                r[f"{key}_s"] = t
+            results.append(r)
     return results
 
 
@@ -280,15 +286,15 @@ def report(args, dev, results: list[dict]) -> None:
         f"base={args.base} adapters on {args.adapter_layers} layers, torch={torch.__version__} "
         f"threads={torch.get_num_threads()} device={where}  (principle-scores per second)"
     )
-    print(
-        f"{'principles':>10} {'tokens':>6} {'trunk':>5} {'ours':>8} {'trunk only':>10} {'unshared':>9} "
-        f"{'peft-mixed':>10} {'sequential':>10} {'bare base':>9} {'vs seq':>7}"
-    )
+    keys = [key for key, _, _ in VARIANTS if f"{key}_scores_per_s" in results[0]]
+    short = {"ours": "ours", "ours_no_prefix": "no prompt", "ours_trunk_only": "trunk only",
+             "ours_unshared": "none", "peft_mixed": "peft-mixed"}  # fmt: skip
+    head = f"{'principles':>10} {'tokens':>6} {'trunk':>5} " + " ".join(f"{short[k]:>10}" for k in keys)
+    print(head + f" {'sequential':>10} {'bare base':>9} {'vs seq':>7}")
     for r in results:
+        cols = " ".join(f"{r[f'{k}_scores_per_s']:>10.1f}" for k in keys)
         print(
-            f"{r['principles']:>10} {r['tokens_per_item']:>6} {r['trunk_layers']:>5} {r['ours_scores_per_s']:>8.1f} "
-            f"{r['ours_trunk_only_scores_per_s']:>10.1f} {r['ours_unshared_scores_per_s']:>9.1f} "
-            f"{r['peft_mixed_scores_per_s']:>10.1f} "
+            f"{r['principles']:>10} {r['tokens_per_item']:>6} {r['trunk_layers']:>5} {cols} "
             f"{r['hotswap_scores_per_s']:>10.1f} {r['bare_base_rows_per_s']:>9.1f} {r['speedup']:>6.2f}x"
         )
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -301,6 +307,7 @@ def report(args, dev, results: list[dict]) -> None:
         "machine": platform.machine(),
         "processor": platform.processor(),
         "repeats": args.repeats,
+        "responses_per_prompt": args.group,
     }
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     png = args.out.with_suffix(".png")
@@ -314,11 +321,8 @@ def plot(results: list[dict], path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [
-        ("ours_scores_per_s", "ours (trunk + read-out)"),
-        ("ours_trunk_only_scores_per_s", "ours, shared trunk only"),
-        ("ours_unshared_scores_per_s", "ours, neither"),
-        ("peft_mixed_scores_per_s", "PEFT mixed batch"),
+    methods = [(f"{key}_scores_per_s", label) for key, label, _ in VARIANTS if f"{key}_scores_per_s" in results[0]]
+    methods += [
         ("hotswap_scores_per_s", "sequential set_adapter"),
         ("bare_base_rows_per_s", "bare base forward"),
     ]

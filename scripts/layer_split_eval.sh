@@ -7,7 +7,9 @@
 # Env: DATA (default ../shared/data), BASE (default minilm), PRINCIPLES (default "factuality helpfulness"),
 # SPLITS (name=layers ...; default the three splits of MiniLM's 6 layers), EXTRA (the `pm train` options of
 # scripts/train_default_adapters.sh), MORLAIF (the CLI). Writes OUT/<split>/ (packages), OUT/<split>-eval/
-# (the evaluation) and OUT/summary.json (validation accuracy and loss per principle and split).
+# (the evaluation) and OUT/summary.json (validation accuracy and loss per principle and split). Packages and
+# evaluations already in OUT are kept, so a second run does only what is missing (copy adapters/<p>/v1 to
+# OUT/upper-half/<p>/v1 to reuse the default adapters, which are trained the same way).
 set -euo pipefail
 OUT=${1:-var/layer-split}
 DATA=${DATA:-../shared/data}
@@ -26,11 +28,13 @@ declare -A FILES=(
 for split in "${SPLITS[@]}"; do
   name=${split%%=*} layers=${split#*=}
   for p in "${PRINCIPLES[@]}"; do
+    if [ -f "$OUT/$name/$p/v1/principle.json" ]; then continue; fi
     data=()
     for f in ${FILES[$p]}; do data+=(--data "$f"); done
     $MORLAIF pm train --principle "$p" --base "$BASE" --out-root "$OUT/$name" --version v1 --layers "$layers" \
       --run-dir "$OUT/runs/$name-$p" --fresh --quiet "${EXTRA_ARGS[@]}" "${data[@]}"
   done
+  if [ -f "$OUT/$name-eval/eval.json" ]; then continue; fi
   all_data=()
   for p in "${PRINCIPLES[@]}"; do for f in ${FILES[$p]}; do all_data+=(--data "$f"); done; done
   $MORLAIF pm eval --adapter-root "$OUT/$name" --base "$BASE" --validation-only "${all_data[@]}" \
