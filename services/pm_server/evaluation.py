@@ -120,7 +120,9 @@ class PackageScorer:
             ):
                 j += 1
             idx = order[i:j]
-            scores = self.engine.score([Row(rows[k].input_ids, rows[k].token_type_ids, adapter) for k in idx])
+            scores = self.engine.score(
+                [Row(rows[k].input_ids, rows[k].token_type_ids, adapter, rows[k].prefix_tokens) for k in idx]
+            )
             out[idx] = torch.tensor(scores)
             i = j
         return out

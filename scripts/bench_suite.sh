@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The performance suite of benchmarks/ in one go (README "Benchmarks"): MiniLM-L6 and SmolLM2-135M, adapters on
+# all layers and on the upper third, 1/4/12 principles, 64 and 256 tokens, then PPO-like groups (4 responses per
+# prompt) on the decoder. Results in benchmarks/results/suite/*.json and .png.
+#
+#   scripts/bench_suite.sh            # ~1.5 h on a 2-core CPU; SMOLLM2_ITEMS / REPEATS to trade time for noise
+set -euo pipefail
+PY=${PY:-.venv/bin/python}
+OUT=${OUT:-benchmarks/results/suite}
+REPEATS=${REPEATS:-3}
+SMOLLM2_ITEMS=${SMOLLM2_ITEMS:-4}
+mkdir -p "$OUT"
+for layers in upper-third all; do
+  $PY benchmarks/score_throughput.py --base minilm --principles 1,4,12 --tokens 64,256 --adapter-layers $layers \
+    --repeats "$REPEATS" --out "$OUT/minilm-$layers.json"
+done
+for layers in upper-third all; do
+  $PY benchmarks/score_throughput.py --base smollm2 --principles 1,4,12 --tokens 64,256 --adapter-layers $layers \
+    --items "$SMOLLM2_ITEMS" --repeats 1 --out "$OUT/smollm2-$layers.json"
+done
+$PY benchmarks/score_throughput.py --base smollm2 --principles 4,12 --tokens 256 --adapter-layers upper-third \
+  --items 8 --group 4 --repeats 1 --out "$OUT/smollm2-upper-third-groups.json"
