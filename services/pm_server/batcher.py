@@ -270,6 +270,7 @@ class Batcher:
             self._metrics.batch_rows.observe(len(rows))
             self._metrics.batch_tokens.observe(real)
             self._metrics.batch_padded_tokens.observe(width * len(rows))
+            self._metrics.prompt_tokens_shared.inc(self._engine.last_prefix_tokens_saved)
         for p, s in zip(batch, scores, strict=True):
             job = p.job
             if job.future.done():

@@ -45,6 +45,11 @@ class Metrics:
             "Queued rows dropped unrun: their client went away or their request already failed.",
             registry=r,
         )
+        self.prompt_tokens_shared = Counter(
+            "morlaif_prompt_tokens_shared_total",
+            "Decoder prompt tokens computed once for several responses instead of once per response.",
+            registry=r,
+        )
         self.forward_seconds = Histogram("morlaif_forward_seconds", "Model time per micro-batch.", registry=r)
         self.scores = Histogram(
             "morlaif_score",

@@ -370,6 +370,26 @@ def test_decoder_base_serves_over_http(live_server, tiny_decoder_dir, decoder_ba
     assert alone["raw_scores"]["helpfulness"] != pytest.approx(alone["raw_scores"]["sycophancy"], abs=1e-4)
 
 
+def test_decoder_group_shares_its_prompt_over_http(live_server, tiny_decoder_dir, decoder_base, tmp_path):
+    """A GRPO-like request (several responses to one prompt) on a decoder: the prompt is computed once (the
+    server's counter says how many tokens that saved) and every score equals the response scored alone."""
+    import re
+
+    from pm_server.testing import make_random_package
+
+    make_random_package(tmp_path, decoder_base, "helpfulness", "v1", seed=7, layers_to_transform=[1])
+    srv = start(live_server, tiny_decoder_dir, tmp_path)
+    prompt = "Write a short poem about the sea, the wind and the gulls, and keep it gentle please."
+    group = [{"prompt": prompt, "response": r} for r in ("Waves.", "The sea sighs; gulls wheel.", "No.", "Wind!")]
+    together = post(srv, "/v1/score", {"items": group}).json()["results"]
+    metrics = httpx.get(srv.url + "/metrics", headers=AUTH).text
+    shared = float(re.search(r"^morlaif_prompt_tokens_shared_total (\S+)$", metrics, re.M).group(1))
+    assert shared > 0
+    for item, got in zip(group, together, strict=True):
+        alone = post(srv, "/v1/score", {"items": [item]}).json()["results"][0]
+        assert got["raw_scores"]["helpfulness"] == pytest.approx(alone["raw_scores"]["helpfulness"], abs=1e-5)
+
+
 def test_each_package_uses_its_own_template(live_server, tiny_encoder_dir, encoder_base, tmp_path):
     from pm_server.engine import Row, ScoringEngine
     from pm_server.template import InputTemplate, TemplateEncoder
