@@ -94,6 +94,16 @@ def unused_port() -> int:
 
 @pytest.fixture
 def live_server() -> Iterator[type[LiveServer]]:
+    yield from _tracked_servers()
+
+
+@pytest.fixture(scope="module")
+def module_live_server() -> Iterator[type[LiveServer]]:
+    """`live_server` for servers a whole test module shares (stopped after its last test)."""
+    yield from _tracked_servers()
+
+
+def _tracked_servers() -> Iterator[type[LiveServer]]:
     started: list[LiveServer] = []
 
     class _Tracked(LiveServer):

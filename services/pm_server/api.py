@@ -328,7 +328,14 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
             return _error(503, why, type_="server_error", code="not_ready")
         return JSONResponse({"status": "ready", "principles": svc.registry.names()})
 
-    @app.get("/metrics", dependencies=scoring, tags=["health"])
+    @app.get(
+        "/metrics",
+        dependencies=scoring,
+        tags=["health"],
+        responses={
+            200: {"description": "Prometheus text format", "content": {"text/plain": {"schema": {"type": "string"}}}}
+        },
+    )
     async def metrics(svc: Service) -> PlainTextResponse:
         return PlainTextResponse(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
