@@ -93,7 +93,14 @@ def serve(
             "adapter root %s does not exist: serving rule principles only", settings.adapter_root
         )
     app = create_app(settings, base=base_model)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=log_level, timeout_graceful_shutdown=10)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=log_level,
+        timeout_graceful_shutdown=10,
+        timeout_keep_alive=settings.keep_alive_s,
+    )
 
 
 def _first_error(e: Exception) -> str:

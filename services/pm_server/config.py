@@ -43,6 +43,12 @@ class ServerSettings(BaseSettings):
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_items: int = Field(default=512, ge=1, description="Most items in one /v1/score request.")
     max_text_chars: int = Field(default=65536, ge=16, description="Longest prompt or response accepted.")
+    keep_alive_s: int = Field(
+        default=75,
+        ge=1,
+        description="How long an idle keep-alive connection stays open (longer than a client's pause after a 429, "
+        "so that a busy server never closes a connection a client is about to reuse).",
+    )
 
     # -- batching
     max_batch_tokens: int = Field(default=16384, ge=64, description="Padded tokens per micro-batch.")
