@@ -57,10 +57,10 @@ def free_port(host: str = "127.0.0.1") -> int:
 class LiveServer:
     """A real uvicorn server in a thread on a free port (of loopback unless another address is given)."""
 
-    def __init__(self, app: object, host: str = "127.0.0.1") -> None:
+    def __init__(self, app: object, host: str = "127.0.0.1", port: int | None = None) -> None:
         import uvicorn
 
-        self.port = free_port(host)
+        self.port = port or free_port(host)
         self.url = f"http://{host}:{self.port}"
         config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", lifespan="on")  # type: ignore[arg-type]
         self.server = uvicorn.Server(config)

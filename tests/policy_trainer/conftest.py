@@ -18,7 +18,7 @@ def make_rule_server(live_server, tiny_encoder_dir, tmp_path):
     settings = ServerSettings(
         base_model=str(tiny_encoder_dir), adapter_root=tmp_path / "none", rules_file=rules, insecure_dev=True
     )
-    return lambda: live_server(create_app(settings)).start()
+    return lambda port=None: live_server(create_app(settings), port=port).start()
 
 
 @pytest.fixture

@@ -181,6 +181,39 @@ def test_when_the_pm_server_goes_away_the_run_saves_and_stops_then_resumes_exact
     assert all(same(x, y) for x, y in zip(metrics(straight), metrics(out), strict=True))
 
 
+def test_a_pm_server_restarted_mid_run_costs_no_reward(make_rule_server, tiny_lm_dir, prompt_file, tmp_path):
+    """The PM server goes down after step 2 and comes back on the same address a second later: the trainer's
+    retries bridge the gap, the run finishes every step, and every step's numbers equal an undisturbed run."""
+    import threading
+    import time
+
+    first = make_rule_server()
+    straight = tmp_path / "straight"
+    train(tiny_config(tiny_lm_dir, prompt_file, straight, first.url, steps=4), progress_bar=False)
+
+    server = make_rule_server()
+    port = server.port
+    restarted = []
+
+    def restart_after_two(step, stats):
+        if step == 2:
+            server.stop()
+
+            def back():
+                time.sleep(1.0)
+                restarted.append(make_rule_server(port))
+
+            threading.Thread(target=back, daemon=True).start()
+
+    out = tmp_path / "restarted"
+    cfg = tiny_config(tiny_lm_dir, prompt_file, out, server.url, steps=4, **{"reward.max_retries": 10})
+    result = train(cfg, progress_bar=False, on_step=restart_after_two)
+    assert restarted and restarted[0].port == port  # it did go away and come back
+    assert result.resumed_from == 0 and [r["step"] for r in metrics(out)] == [1, 2, 3, 4]
+    assert all(same(x, y) for x, y in zip(metrics(straight), metrics(out), strict=True))
+    assert metrics(out)[2]["reward_wait_seconds"] > 0.5  # step 3 waited for the server to come back
+
+
 def test_a_principle_the_server_lacks_fails_before_the_policy_loads(rule_server, tiny_lm_dir, prompt_file, tmp_path):
     cfg = tiny_config(tiny_lm_dir, prompt_file, tmp_path / "run", rule_server.url, **{"reward.weights": "{tact: 1}"})
     with pytest.raises(ConfigError, match="does not serve tact"):
