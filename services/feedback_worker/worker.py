@@ -17,13 +17,15 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import anyio
 
 from feedback_worker.judges import PROMPT_VERSION, JudgeError, Judgement
 from morlaif.principles import get_principle
 from morlaif.store import ClaimedJob, LabelIn, LeaseLost, Store
+
+T = TypeVar("T")
 
 __all__ = ["Judge", "RunSummary", "run_worker", "default_worker_id"]
 
@@ -57,6 +59,38 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def _transient(e: BaseException) -> bool:
+    """A database error that a reconnect can cure: the server restarting, a dropped connection."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    return isinstance(e, OperationalError | InterfaceError) or (
+        isinstance(e, DBAPIError) and bool(e.connection_invalidated)
+    )
+
+
+def _log_db_retry(state: Any) -> None:
+    e = state.outcome.exception() if state.outcome is not None else None
+    # the exception's class only: a driver message may carry the connection string
+    logger.warning("label store unreachable (%s); retrying in %.1f s", type(e).__name__, state.upcoming_sleep)
+
+
+async def _db(fn: Callable[..., T], *args: Any, patience_s: float = 120.0, **kwargs: Any) -> T:
+    """`fn(*args)` in a thread, retried with jittered backoff while the database is unreachable (a
+    PostgreSQL restart), for up to `patience_s`; then the last error is raised."""
+    from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_exponential_jitter
+
+    async for attempt in AsyncRetrying(
+        retry=retry_if_exception(_transient),
+        wait=wait_exponential_jitter(multiplier=0.2, max=5.0, jitter=0.5),
+        stop=stop_after_delay(patience_s),
+        before_sleep=_log_db_retry,
+        reraise=True,
+    ):
+        with attempt:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args, **kwargs))
+    raise AssertionError("unreachable")  # AsyncRetrying either returns or raises
+
+
 async def run_worker(
     store: Store,
     judge: Judge,
@@ -84,7 +118,7 @@ async def run_worker(
         try:
             phrase = get_principle(job.principle).judge_phrase
         except KeyError:
-            await anyio.to_thread.run_sync(store.fail, job.id, worker, f"unknown principle {job.principle!r}")
+            await _db(store.fail, job.id, worker, f"unknown principle {job.principle!r}")
             summary.failures["unknown_principle"] += 1
             return
         try:
@@ -92,7 +126,7 @@ async def run_worker(
         except JudgeError as e:
             summary.failures[e.reason] += 1
             try:
-                await anyio.to_thread.run_sync(store.fail, job.id, worker, f"{e.reason}: {e.message}")
+                await _db(store.fail, job.id, worker, f"{e.reason}: {e.message}")
             except LeaseLost:
                 summary.lost_leases += 1
             return
@@ -109,7 +143,7 @@ async def run_worker(
             seconds=j.seconds,
         )
         try:
-            await anyio.to_thread.run_sync(store.complete, job.id, worker, label)
+            await _db(store.complete, job.id, worker, label)
         except LeaseLost:
             summary.lost_leases += 1  # another worker owns it now; its label will be the one
             return
@@ -134,9 +168,7 @@ async def run_worker(
                 break
             room = concurrency - len(inflight)
             if room > 0:  # keep `concurrency` jobs in flight: claim as soon as one finishes
-                jobs = await anyio.to_thread.run_sync(
-                    functools.partial(store.claim, worker, judge=judge.model, limit=room, lease_s=lease_s)
-                )
+                jobs = await _db(store.claim, worker, judge=judge.model, limit=room, lease_s=lease_s)
                 inflight.update(asyncio.create_task(one(j)) for j in jobs)
             if inflight:
                 waiters = set(inflight) | ({asyncio.create_task(stop.wait())} if stop is not None else set())
@@ -151,7 +183,7 @@ async def run_worker(
             # Nothing in flight and nothing to claim: done, unless other workers hold leases; if one of
             # them died, its jobs come back to us when the lease runs out.
             if not follow:
-                counts = await anyio.to_thread.run_sync(lambda: store.status(judge.model))
+                counts = await _db(store.status, judge.model)
                 if not any(c["running"] or c["pending"] for c in counts.values()):
                     break
             if stop is None:

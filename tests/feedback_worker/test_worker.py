@@ -200,8 +200,9 @@ def test_kill_9_a_worker_and_another_finishes_with_exactly_one_label_per_job(liv
     assert len(labels) == 20 == len({lab["comparison_id"] for lab in labels})
 
 
-def test_two_workers_on_postgresql_never_do_a_job_twice(live_server):
-    import threading
+@pytest.fixture
+def pg_url():
+    """A fresh PostgreSQL database on 127.0.0.1:5432, dropped afterwards; skips where there is no server."""
     import uuid
 
     from sqlalchemy import create_engine, text
@@ -214,40 +215,83 @@ def test_two_workers_on_postgresql_never_do_a_job_twice(live_server):
     except Exception as e:  # CI always has PostgreSQL; a laptop may not
         admin.dispose()
         pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {type(e).__name__}")
-    url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-    app = make_app(delay_s=0.02)
-    srv = live_server(app).start(ready_path=None)
     try:
-        with open_store(url) as s:
-            s.import_pairs(
-                [
-                    PairRecord(prompt=f"q{i}", chosen=f"good {i}", rejected=f"poor {i}", principle="helpfulness")
-                    for i in range(25)
-                ]
-            )
-            s.enqueue(["helpfulness", "toxicity"], "fake-judge")
-        summaries = {}
-
-        def work(wid: str) -> None:
-            with open_store(url) as s:
-                summaries[wid] = asyncio.run(_one(s, srv.url, wid))
-
-        threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        with open_store(url) as s:
-            st = s.status("fake-judge")
-            n_labels = sum(len(list(s.labels(p, judge="fake-judge"))) for p in st)
-        assert all(summ.labels > 0 for summ in summaries.values())  # both really worked
-        assert sum(summ.labels for summ in summaries.values()) == 50 == n_labels
-        assert len(app.state.times) == 100  # no job was asked twice
-        assert all(c["done"] == 25 for c in st.values())
+        yield f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
     finally:
+        admin.dispose()  # its pooled connection may have died with a restart
         with admin.connect() as c:
             c.execute(text(f'DROP DATABASE "{name}" WITH (FORCE)'))
         admin.dispose()
+
+
+def _two_workers(url, judge_url, n_pairs, during=None):
+    """25-ish pairs x 2 principles enqueued, two workers in threads; `during()` runs while they work."""
+    import threading
+
+    with open_store(url) as s:
+        s.import_pairs(
+            [
+                PairRecord(prompt=f"q{i}", chosen=f"good {i}", rejected=f"poor {i}", principle="helpfulness")
+                for i in range(n_pairs)
+            ]
+        )
+        s.enqueue(["helpfulness", "toxicity"], "fake-judge")
+    summaries = {}
+
+    def work(wid: str) -> None:
+        with open_store(url) as s:
+            summaries[wid] = asyncio.run(_one(s, judge_url, wid))
+
+    threads = [threading.Thread(target=work, args=(f"w{i}",)) for i in range(2)]
+    for t in threads:
+        t.start()
+    if during is not None:
+        during()
+    for t in threads:
+        t.join()
+    with open_store(url) as s:
+        st = s.status("fake-judge")
+        labels = [lab for p in st for lab in s.labels(p, judge="fake-judge")]
+    return summaries, st, labels
+
+
+def test_two_workers_on_postgresql_never_do_a_job_twice(live_server, pg_url):
+    app = make_app(delay_s=0.02)
+    srv = live_server(app).start(ready_path=None)
+    summaries, st, labels = _two_workers(pg_url, srv.url, 25)
+    assert all(summ.labels > 0 for summ in summaries.values())  # both really worked
+    assert sum(summ.labels for summ in summaries.values()) == 50 == len(labels)
+    assert len(app.state.times) == 100  # no job was asked twice
+    assert all(c["done"] == 25 for c in st.values())
+
+
+def test_postgresql_restarted_during_a_run_loses_no_job(live_server, pg_url):
+    """PostgreSQL restarts while two workers label: they wait for it, reconnect, and every job ends with
+    exactly one label (none failed, none left running)."""
+    import glob
+    import shutil
+    import subprocess
+
+    versions = glob.glob("/etc/postgresql/*")
+    if shutil.which("pg_ctlcluster") is None or len(versions) != 1:
+        pytest.skip("needs pg_ctlcluster and one local PostgreSQL cluster to restart")
+    app = make_app(delay_s=0.05)
+    srv = live_server(app).start(ready_path=None)
+    restarted = []
+
+    def restart() -> None:
+        deadline = time.monotonic() + 30
+        while len(app.state.times) < 20 and time.monotonic() < deadline:  # both workers under way
+            time.sleep(0.05)
+        cmd = ["pg_ctlcluster", "--skip-systemctl-redirect", versions[0].rsplit("/", 1)[1], "main", "restart"]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+        restarted.append((r.returncode, r.stderr.strip(), len(app.state.times)))
+
+    summaries, st, labels = _two_workers(pg_url, srv.url, 40, during=restart)
+    assert restarted and restarted[0][0] == 0, restarted
+    assert restarted[0][2] < 160  # the restart came while jobs were still pending
+    assert all(c["done"] == 40 and c["failed"] == 0 and c["running"] == 0 for c in st.values()), st
+    assert len(labels) == 80  # 80 jobs done, 80 labels: one each
 
 
 async def _one(store, url, wid):
