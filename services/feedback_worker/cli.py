@@ -241,8 +241,20 @@ def run(
                 loop.remove_signal_handler(sig)
             await judge.aclose()
 
+    from sqlalchemy.exc import DBAPIError
+
+    from morlaif.store.db import display_url
+
     try:
         summary = asyncio.run(go())
+    except DBAPIError as e:  # a full disk, a read-only store, a server gone for longer than the retries
+        shown = display_url(store)
+        msg = str(e.orig).strip().splitlines()[0] if e.orig is not None else type(e).__name__
+        typer.echo(f"error: the label store {shown} failed: {msg}".replace(store, shown), err=True)
+        typer.echo(
+            "labels already written are kept; jobs in flight return to the queue when their lease ends", err=True
+        )
+        raise typer.Exit(1) from None
     finally:
         s.close()
     typer.echo(str(summary))

@@ -60,12 +60,27 @@ def default_worker_id() -> str:
 
 
 def _transient(e: BaseException) -> bool:
-    """A database error that a reconnect can cure: the server restarting, a dropped connection."""
-    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+    """A database error that waiting and reconnecting can cure (the server restarting, a dropped
+    connection, a locked SQLite file), not one that would only repeat (a full disk, a read-only store)."""
+    import sqlite3
 
-    return isinstance(e, OperationalError | InterfaceError) or (
-        isinstance(e, DBAPIError) and bool(e.connection_invalidated)
-    )
+    from sqlalchemy.exc import DBAPIError
+
+    if not isinstance(e, DBAPIError):
+        return False
+    if e.connection_invalidated:
+        return True
+    orig = e.orig
+    try:
+        import psycopg
+
+        if isinstance(orig, psycopg.errors.DiskFull | psycopg.errors.OutOfMemory):
+            return False
+        if isinstance(orig, psycopg.OperationalError):
+            return True  # cannot connect, admin shutdown, server starting up
+    except ImportError:  # psycopg is a dependency, but SQLite alone needs none of it
+        pass
+    return isinstance(orig, sqlite3.OperationalError) and "locked" in str(orig)
 
 
 def _log_db_retry(state: Any) -> None:

@@ -463,3 +463,27 @@ def test_follow_mode_labels_jobs_as_they_come_and_stops_cleanly_on_sigterm(live_
     # nothing half-done: every job is labelled once or back in the queue, none stuck as running
     assert counts["running"] == 0 and len(labels) == counts["done"] >= added
     assert len({lab["comparison_id"] for lab in labels}) == len(labels)
+
+
+def test_a_read_only_store_is_a_clear_error_not_a_hang(tmp_path):
+    """A store that cannot be written (read-only here; a full disk the same) stops `feedback run` at once
+    with exit code 1 and the database's own reason, instead of retrying as if it were a restart."""
+    from typer.testing import CliRunner
+
+    from morlaif.cli import app as cli
+
+    db = tmp_path / "labels.db"
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text(json.dumps({"prompt": "q", "chosen": "a", "rejected": "b", "principle": "helpfulness"}) + "\n")
+    runner = CliRunner()
+    url = f"sqlite:///{db}"
+    assert runner.invoke(cli, ["feedback", "import", str(pairs), "--store", url]).exit_code == 0
+    r = runner.invoke(cli, ["feedback", "enqueue", "--principles", "helpfulness", "--judge", "j", "--store", url])
+    assert r.exit_code == 0, r.output
+    t0 = time.monotonic()
+    ro = f"sqlite:///file:{db}?mode=ro&uri=true"
+    r = runner.invoke(
+        cli, ["feedback", "run", "--judge", "j", "--base-url", "http://127.0.0.1:9/v1", "--store", ro, "--quiet"]
+    )
+    assert r.exit_code == 1 and "attempt to write a readonly database" in r.output, r.output
+    assert time.monotonic() - t0 < 30
