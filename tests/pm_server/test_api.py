@@ -430,3 +430,23 @@ def test_an_empty_response_is_scored(server):
     assert r.status_code == 200, r.text
     res = r.json()["results"][0]
     assert res["raw_scores"]["brevity"] == 0.0 and math.isfinite(res["raw_scores"]["factuality"])
+
+
+def test_keys_never_reach_the_logs(live_server, tiny_encoder_dir, encoder_root, caplog):
+    """Right and wrong keys on scoring and admin calls, every logger at DEBUG: no key appears in any log
+    record (uvicorn's access log included), and error bodies do not echo them."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    srv = start(live_server, tiny_encoder_dir, encoder_root)
+    wrong = "wrong-key-SECRET-0123456789"
+    bodies = []
+    for headers in (AUTH, ADMIN, {"Authorization": f"Bearer {wrong}"}, {"Authorization": wrong}):
+        bodies.append(post(srv, "/v1/score", {"items": ITEMS[:1]}, headers=headers).text)
+        bodies.append(post(srv, "/v1/adapters", {"name": "helpfulness", "version": "v9"}, headers=headers).text)
+        bodies.append(httpx.delete(srv.url + "/v1/adapters/nothing", headers=headers, timeout=30).text)
+    assert any('"invalid_api_key"' in b for b in bodies)  # the wrong keys were refused
+    assert "loaded" in caplog.text or "ready" in caplog.text  # the server's own records are captured
+    logged = caplog.text + "\n".join(bodies)
+    for secret in (API_KEY, ADMIN_KEY, wrong):
+        assert secret not in logged
