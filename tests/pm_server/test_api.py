@@ -450,3 +450,47 @@ def test_keys_never_reach_the_logs(live_server, tiny_encoder_dir, encoder_root, 
     logged = caplog.text + "\n".join(bodies)
     for secret in (API_KEY, ADMIN_KEY, wrong):
         assert secret not in logged
+
+
+def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(
+    live_server, tiny_encoder_dir, encoder_root, tmp_path
+):
+    """Corrupt, truncated, pickled, symlinked-out and wrong-base packages of a served principle: each load
+    is a 4xx naming why, and the version already served answers the same scores throughout."""
+    import os
+
+    root = tmp_path / "root"
+    shutil.copytree(encoder_root, root)
+    good = root / "helpfulness" / "v1"
+    srv = start(live_server, tiny_encoder_dir, root)
+    body = {"items": ITEMS[:2], "principles": ["helpfulness"]}
+    before = post(srv, "/v1/score", body).json()
+    weights = (good / "adapter_model.safetensors").read_bytes()
+
+    def variant(version, fix):
+        d = root / "helpfulness" / version
+        shutil.copytree(good, d, symlinks=True)
+        fix(d)
+        return version
+
+    def write(name, data):
+        return lambda d: (d / name).write_bytes(data)
+
+    def link_out(d):
+        (d / "adapter_model.safetensors").unlink()
+        outside = tmp_path / "outside.safetensors"
+        outside.write_bytes(weights)
+        os.symlink(outside, d / "adapter_model.safetensors")
+
+    cases = [
+        (variant("v2-truncated", write("adapter_model.safetensors", weights[: len(weights) // 2])), "corrupt_weights"),
+        (variant("v2-garbage", write("adapter_model.safetensors", b"\x00" * 64)), "corrupt_weights"),
+        (variant("v2-pickle", write("adapter_model.bin", b"\x80\x04cos\nsystem\n.")), "not_safetensors"),
+        (variant("v2-symlink", link_out), "path_outside_root"),
+    ]
+    for version, code in cases:
+        r = post(srv, "/v1/adapters", {"name": "helpfulness", "version": version}, headers=ADMIN)
+        assert 400 <= r.status_code < 500 and error_of(r)["code"] == code, (version, r.text)
+        now = post(srv, "/v1/score", body).json()
+        assert now["versions"]["helpfulness"] == "v1"
+        assert now["results"] == before["results"]
