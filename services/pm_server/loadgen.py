@@ -6,7 +6,7 @@ correct answers, wrong answers (any score off by more than `tolerance`), 429s wi
 Retry-After header (honoured before the next request), other 4xx, 5xx and transport errors (timeouts,
 resets). Meanwhile the server's resident memory is sampled from /proc when its pid is given.
 
-Used by `tests/pm_server/test_load.py` (seconds) and `scripts/soak.py` (as long as you like).
+Used by `tests/pm_server/test_load.py` (seconds) and `scripts/soak.py` (minutes to hours).
 """
 
 from __future__ import annotations
