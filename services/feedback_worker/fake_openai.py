@@ -92,6 +92,10 @@ def make_app(*, slow_s: float = 2.0, delay_s: float = 0.0, seed: int = 0) -> Fas
             )
         if fault == "500":
             return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
+        if fault == "401":  # a careless gateway that echoes the key it refused
+            key = request.headers.get("authorization", "").removeprefix("Bearer ")
+            msg = f"Incorrect API key provided: {key}"
+            return JSONResponse({"error": {"message": msg, "type": "invalid_request_error"}}, status_code=401)
         if fault == "slow":
             await asyncio.sleep(slow_s)
         if delay_s:

@@ -143,6 +143,7 @@ class OpenAIJudge:
         self.model = model
         self.top_logprobs = top_logprobs
         self.limiter = limiter or RateLimiter()
+        self._secret = api_key if api_key and len(api_key) >= 8 else None
         self._client = AsyncOpenAI(
             base_url=base_url or None,  # an empty MORLAIF_JUDGE_BASE_URL means OpenAI's own
             api_key=api_key or "none",
@@ -176,14 +177,21 @@ class OpenAIJudge:
         try:
             resp = await self._client.chat.completions.create(**body)
         except openai.APITimeoutError as e:
-            raise JudgeError(f"judge timed out: {e}", reason="timeout") from e
+            raise JudgeError(self._redact(f"judge timed out: {e}"), reason="timeout") from None
         except openai.RateLimitError as e:
-            raise JudgeError(f"judge rate-limited after retries: {e.message}", reason="rate_limited") from e
+            raise JudgeError(
+                self._redact(f"judge rate-limited after retries: {e.message}"), reason="rate_limited"
+            ) from None
         except openai.APIStatusError as e:
-            raise JudgeError(f"judge answered HTTP {e.status_code}: {e.message}", reason=f"http_{e.status_code}") from e
+            msg = self._redact(f"judge answered HTTP {e.status_code}: {e.message}")
+            raise JudgeError(msg, reason=f"http_{e.status_code}") from None
         except openai.APIConnectionError as e:
-            raise JudgeError(f"cannot reach the judge: {e}", reason="connection") from e
+            raise JudgeError(self._redact(f"cannot reach the judge: {e}"), reason="connection") from None
         return order_from_completion(resp.model_dump())
+
+    def _redact(self, message: str) -> str:
+        """The judge's error text without our API key (a server may echo the key it refused)."""
+        return message.replace(self._secret, "***") if self._secret else message
 
     async def judge(self, principle_phrase: str, conversation: str, a: str, b: str) -> Judgement:
         """Both orders, concurrently, combined."""

@@ -436,9 +436,13 @@ def test_follow_mode_labels_jobs_as_they_come_and_stops_cleanly_on_sigterm(live_
         stderr=subprocess.PIPE,
     )
     try:
+        alive = tmp_path / "alive"
+        deadline = time.monotonic() + 60  # start-up (imports) on a loaded machine takes seconds
+        while not alive.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
         time.sleep(3)
         assert proc.poll() is None  # an empty queue does not end a following worker
-        assert time.time() - (tmp_path / "alive").stat().st_mtime < 2  # and its heartbeat goes on
+        assert time.time() - alive.stat().st_mtime < 2  # and its heartbeat goes on
         added = _seed(url, 4, ["helpfulness"])
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -487,3 +491,30 @@ def test_a_read_only_store_is_a_clear_error_not_a_hang(tmp_path):
     )
     assert r.exit_code == 1 and "attempt to write a readonly database" in r.output, r.output
     assert time.monotonic() - t0 < 30
+
+
+def test_the_judge_key_never_reaches_the_store_logs_or_output(store, live_server, tmp_path, caplog):
+    """A judge that refuses the key and echoes it back (as a careless gateway does): the failures are
+    recorded, but the key appears in no stored error, log record or summary."""
+    import logging
+
+    caplog.set_level(logging.DEBUG)
+    secret = "sk-test-SECRET-0123456789abcdef"
+    app = make_app()
+    app.state.faults = ["401"] * 1000
+    srv = live_server(app).start(ready_path=None)
+    store.enqueue(["helpfulness"], "fake-judge")
+
+    async def go():
+        judge = OpenAIJudge(model="fake-judge", base_url=srv.url + "/v1", api_key=secret, timeout=5.0, max_retries=0)
+        try:
+            return await run_worker(store, judge, worker_id="w", concurrency=2)
+        finally:
+            await judge.aclose()
+
+    summary = asyncio.run(go())
+    assert summary.failures["http_401"] > 0 and summary.labels == 0
+    assert any(f"Bearer {secret}" == k for k in app.state.keys)  # the key was sent, and refused
+    stored = b"".join(f.read_bytes() for f in tmp_path.glob("labels.db*"))  # with SQLite's WAL
+    assert b"Incorrect API key provided: ***" in stored  # the reason is kept, redacted
+    assert secret.encode() not in stored and secret not in caplog.text and secret not in str(summary)
