@@ -15,6 +15,7 @@ import datetime as dt
 import json
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -260,27 +261,14 @@ def _check_head(pkg_dir: Path, rel: str) -> None:
 def save_head_package(head: Any, pkg_dir: Path, manifest: PackageManifest) -> Path:
     """Write a score head (a Linear with one output) and its manifest (kind `head`) as a package at `pkg_dir`,
     atomically like `save_package`."""
-    import tempfile
-
     from safetensors.torch import save_file
 
     if manifest.kind != "head":
         raise ValueError("a head package needs a manifest of kind 'head'")
-    pkg_dir.parent.mkdir(parents=True, exist_ok=True)
-    if pkg_dir.exists():
-        raise FileExistsError(f"package {pkg_dir} already exists; pick a new version")
     tensors = {"weight": head.weight.detach().cpu().float().contiguous()}
     if head.bias is not None:
         tensors["bias"] = head.bias.detach().cpu().float().contiguous()
-    with tempfile.TemporaryDirectory(dir=pkg_dir.parent, prefix=".tmp-") as tmp:
-        staging = Path(tmp) / "package"
-        staging.mkdir()
-        save_file(tensors, str(staging / HEAD_WEIGHTS))
-        write_manifest(staging, manifest)
-        for f in staging.iterdir():
-            f.chmod(0o644)
-        os.rename(staging, pkg_dir)
-    return pkg_dir
+    return _publish(pkg_dir, manifest, lambda staging: save_file(tensors, str(staging / HEAD_WEIGHTS)))
 
 
 def write_manifest(pkg_dir: Path, manifest: PackageManifest) -> None:
@@ -307,18 +295,29 @@ def save_package(
     if adapter_name in {"bias", "weight"}:
         raise ValueError(f"adapter name {adapter_name!r} collides with parameter names; use 'default'")
     import shutil
+
+    def write(staging: Path) -> None:
+        out = staging.parent / "peft"
+        model.save_pretrained(out, selected_adapters=[adapter_name], safe_serialization=True)
+        src = out / adapter_name if adapter_name != "default" else out
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            shutil.move(str(src / name), staging / name)
+
+    return _publish(pkg_dir, manifest, write)
+
+
+def _publish(pkg_dir: Path, manifest: PackageManifest, write: Callable[[Path], None]) -> Path:
+    """`write(staging)` the weights and the manifest into a temporary sibling of `pkg_dir`, then rename it into
+    place, so a server scanning the root never sees a half-written package."""
     import tempfile
 
     pkg_dir.parent.mkdir(parents=True, exist_ok=True)
     if pkg_dir.exists():
         raise FileExistsError(f"package {pkg_dir} already exists; pick a new version")
     with tempfile.TemporaryDirectory(dir=pkg_dir.parent, prefix=".tmp-") as tmp:
-        model.save_pretrained(tmp, selected_adapters=[adapter_name], safe_serialization=True)
-        src = Path(tmp) / adapter_name if adapter_name != "default" else Path(tmp)
         staging = Path(tmp) / "package"
         staging.mkdir()
-        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-            shutil.move(str(src / name), staging / name)
+        write(staging)
         write_manifest(staging, manifest)
         for f in staging.iterdir():  # safetensors writes 0600; a server running as another user must read it
             f.chmod(0o644)
