@@ -102,6 +102,7 @@ class ScoringEngine:
         self._head_hook: torch.utils.hooks.RemovableHandle | None = None
         self._stale: set[str] = set()  # deleted but physically kept: PEFT cannot drop its last adapter
         self._pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
+        self._head_pad_id = getattr(base.model.config, "pad_token_id", None)  # what the head finds rows' ends by
         if num_threads:
             torch.set_num_threads(num_threads)
 
@@ -249,28 +250,40 @@ class ScoringEngine:
 
     def _forward(self, rows: Sequence[Row]) -> torch.Tensor:
         self.last_prefix_tokens_saved = 0
-        splits = self._prefix_splits(rows)
-        if splits is not None:
-            return self._forward_prefixed(rows, splits)
+        prompts = self._prompts(rows)
+        if prompts is not None:
+            return self._forward_prefixed(rows, *prompts)
         return self._forward_rows(rows)
 
-    def _prefix_splits(self, rows: Sequence[Row]) -> list[int] | None:
-        """Where each row's prompt ends, when computing the prompts once (decoders; several responses to a
-        prompt in the batch) saves at least a fifth of the tokens; else None."""
+    def _prompts(self, rows: Sequence[Row]) -> tuple[list[int], list[Row], list[int]] | None:
+        """(where each row's prompt ends, one row per distinct (prompt, adapter), row -> its prompt row) when
+        computing the prompts once (decoders; several responses to a prompt in the batch) saves at least a
+        fifth of the tokens; else None."""
         if not self._share_prefix or self._grouped is None or self.base.family != "decoder":
             return None
         splits = [min(r.prefix, len(r.input_ids) - 1) for r in rows]  # a response pass reads >= 1 token
         if min(splits) < 1:
             return None
-        prompts = {(tuple(r.input_ids[:k]), r.adapter): k for r, k in zip(rows, splits, strict=True)}
+        first: dict[tuple[tuple[int, ...], str], int] = {}
+        prompt_rows: list[Row] = []
+        prompt_of: list[int] = []
+        for r, k in zip(rows, splits, strict=True):
+            key = (tuple(r.input_ids[:k]), r.adapter)
+            i = first.get(key)
+            if i is None:
+                i = first[key] = len(prompt_rows)
+                prompt_rows.append(Row(r.input_ids[:k], None, r.adapter))
+            prompt_of.append(i)
         total = sum(len(r.input_ids) for r in rows)
-        needed = sum(prompts.values()) + sum(len(r.input_ids) - k for r, k in zip(rows, splits, strict=True))
+        needed = sum(len(p.input_ids) for p in prompt_rows) + total - sum(splits)
         if needed > 0.8 * total:
             return None
         self.last_prefix_tokens_saved = total - needed
-        return splits
+        return splits, prompt_rows, prompt_of
 
-    def _forward_prefixed(self, rows: Sequence[Row], splits: Sequence[int]) -> torch.Tensor:
+    def _forward_prefixed(
+        self, rows: Sequence[Row], splits: Sequence[int], prompt_rows: Sequence[Row], prompt_of: Sequence[int]
+    ) -> torch.Tensor:
         """A decoder's prompts once per (prompt, adapter) into a KV cache, then every response against it.
 
         Causal attention makes a prompt's keys and values independent of what follows, so the response
@@ -283,26 +296,14 @@ class ScoringEngine:
         assert grouped is not None
         device = self.base.device
         slot = grouped.slot
-        first: dict[tuple[tuple[int, ...], str], int] = {}
-        prompt_rows: list[Row] = []
-        prompt_of: list[int] = []  # row -> its prompt row
-        for r, k in zip(rows, splits, strict=True):
-            key = (tuple(r.input_ids[:k]), r.adapter)
-            i = first.get(key)
-            if i is None:
-                i = first[key] = len(prompt_rows)
-                prompt_rows.append(Row(r.input_ids[:k], None, r.adapter))
-            prompt_of.append(i)
-        pad = getattr(self._model.config, "pad_token_id", None)
         # 1. the prompts: every layer's keys and values into the cache (the last layer computes nothing else)
         b1 = collate(prompt_rows, self._pad_id, device)
         slots1 = torch.tensor([slot.get(r.adapter, 0) for r in prompt_rows], device=device)
-        keys1 = [tuple(r.input_ids) for r in prompt_rows] if self._share else None
+        plan1 = grouped.plan(slots1, [tuple(r.input_ids) for r in prompt_rows] if self._share else None)
         cache = DynamicCache(config=self._model.config)
         ro1 = Readout(None, None) if self._use_readout else None
-        with grouped.routing(slots1, keys1, ro1):
+        with grouped.routing(slots1, plan1, ro1):
             self._model(**b1, past_key_values=cache, use_cache=True)
-        plan1 = grouped.plan(slots1, keys1)
         # 2. the responses, each row's cache gathered from its prompt row
         responses = [Row(r.input_ids[k:], None, r.adapter) for r, k in zip(rows, splits, strict=True)]
         b2 = collate(responses, self._pad_id, device)
@@ -312,8 +313,7 @@ class ScoringEngine:
         start = torch.tensor(splits, device=device)
         positions = start[:, None] + torch.arange(ids2.shape[1], device=device)[None, :]  # (N, S)
         slots2 = torch.tensor([slot.get(r.adapter, 0) for r in rows], device=device)
-        keys2 = [(tuple(r.input_ids), ()) for r in rows] if self._share else None
-        plan2 = grouped.plan(slots2, keys2)
+        plan2 = grouped.plan(slots2, [tuple(r.input_ids) for r in rows] if self._share else None)
         everyone1 = torch.arange(len(prompt_rows), device=device)
         everyone2 = torch.arange(len(rows), device=device)
         for i, layer in enumerate(cache.layers):
@@ -324,8 +324,8 @@ class ScoringEngine:
             layer.values = layer.values.index_select(0, idx)
         ro2 = None
         if self._use_readout:
-            ro2 = Readout.for_batch(ids2, mask, "decoder", pad, cached=b1["input_ids"].shape[1])
-        with grouped.routing(slots2, keys2, ro2) as shared:
+            ro2 = Readout.for_batch(ids2, mask, "decoder", self._head_pad_id, cached=b1["input_ids"].shape[1])
+        with grouped.routing(slots2, plan2, ro2) as shared:
             out = self._model(
                 input_ids=ids2, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
             )
@@ -347,9 +347,10 @@ class ScoringEngine:
             keys = [(tuple(r.input_ids), tuple(r.token_type_ids or ())) for r in rows] if self._share else None
             readout = None
             if self._use_readout:
-                pad = getattr(self._model.config, "pad_token_id", None)
-                readout = Readout.for_batch(batch["input_ids"], batch["attention_mask"], self.base.family, pad)
-            with self._grouped.routing(slots, keys, readout) as shared:
+                readout = Readout.for_batch(
+                    batch["input_ids"], batch["attention_mask"], self.base.family, self._head_pad_id
+                )
+            with self._grouped.routing(slots, self._grouped.plan(slots, keys), readout) as shared:
                 logits = self._model(**kwargs).logits  # (B, 1 + H)
             self.last_trunk_layers = shared
             return logits  # type: ignore[no-any-return]

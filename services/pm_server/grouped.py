@@ -167,17 +167,20 @@ class GroupedLoRA:
 
     @contextlib.contextmanager
     def routing(
-        self, slots: torch.Tensor, keys: Sequence[Hashable] | None = None, readout: Readout | None = None
+        self,
+        slots: torch.Tensor,
+        plan: tuple[int, torch.Tensor, torch.Tensor] | None = None,
+        readout: Readout | None = None,
     ) -> Iterator[int]:
-        """Route rows to `slots` during a forward; with `keys` (equal for identical inputs) share the trunk;
-        with `readout` compute the last layer only where the head reads.
+        """Route rows to `slots` during a forward; with a `plan` (from `plan()`) share the trunk; with
+        `readout` compute the last layer only where the head reads.
 
         Yields the number of layers computed once per distinct input (0: none shared).
         """
         self.slots = slots
         self._readout = readout if self.readout_kind is not None else None
-        self._trunk = self.plan(slots, keys)
-        shared = self._trunk[0] if self._trunk is not None else 0
+        self._trunk = plan
+        shared = plan[0] if plan is not None else 0
         try:
             yield shared
         finally:
