@@ -29,14 +29,16 @@ install: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/morlaif up --adapter-root $(ADAPTERS) --port $(PORT) $(UP_ARGS)
 
-# Debian's docker-compose and kubectl check docker-compose.yml and k8s/ in the tests: installed here when
-# missing and apt-get can (as root); elsewhere those tests skip, saying why.
+# Debian's docker-compose and kubectl check docker-compose.yml and k8s/ in the tests, its chromium runs the
+# console's browser tests: installed here when missing and apt-get can (as root); elsewhere those tests skip,
+# saying why.
+TOOLS := docker-compose kubectl chromium
 tools:
-	@command -v docker-compose >/dev/null && command -v kubectl >/dev/null || \
+	@command -v docker-compose >/dev/null && command -v kubectl >/dev/null && command -v chromium >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	    { apt-get install -y -qq docker-compose kubectl >/dev/null 2>&1 || \
-	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq docker-compose kubectl >/dev/null 2>&1; }; } \
-	  || echo "note: docker-compose/kubectl not installed; the deployment tests will skip"; }
+	    { apt-get install -y -qq $(TOOLS) >/dev/null 2>&1 || \
+	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $(TOOLS) >/dev/null 2>&1; }; } \
+	  || echo "note: docker-compose/kubectl/chromium not installed; the deployment and browser tests will skip"; }
 
 test: $(STAMP) tools
 	$(PY) -m ruff check shared services tests benchmarks examples

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The performance suite of benchmarks/ in one go (README "Benchmarks"): MiniLM-L6 and SmolLM2-135M, adapters on
 # all layers and on the upper third, 1/4/12 principles, 64 and 256 tokens, then PPO-like groups (4 responses per
-# prompt) on the decoder. Results in benchmarks/results/suite/*.json and .png.
+# prompt) on the decoder, then end to end over HTTP with 1/8/32 clients on both bases. Results in
+# benchmarks/results/suite/*.json and .png.
 #
 #   scripts/bench_suite.sh            # ~1.5 h on a 2-core CPU; SMOLLM2_ITEMS / REPEATS to trade time for noise
 set -euo pipefail
@@ -20,3 +21,6 @@ for layers in upper-third all; do
 done
 $PY benchmarks/score_throughput.py --base smollm2 --principles 4,12 --tokens 256 --adapter-layers upper-third \
   --items 8 --group 4 --repeats 1 --out "$OUT/smollm2-upper-third-groups.json"
+$PY benchmarks/http_throughput.py --base minilm --principles 4 --items 8 --out "$OUT/http-minilm.json"
+$PY benchmarks/http_throughput.py --base smollm2 --principles 4 --items 2 --seconds 40 --port 8792 \
+  --out "$OUT/http-smollm2.json"

@@ -12,13 +12,15 @@ from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from morlaif import __version__
 from morlaif.errors import MorlaifError, ScalarizeError
+from morlaif.scalarize import SCALARIZERS
 from morlaif.protocol import (
     AdapterAction,
     CompareRequest,
@@ -28,9 +30,15 @@ from morlaif.protocol import (
     OpenRLHFRewardRequest,
     OpenRLHFRewardResponse,
     PrinciplesResponse,
+    ScalarizerDescription,
+    ScalarizerSpec,
+    ScalarizeRequest,
+    ScalarizeResponse,
+    ScalarizersResponse,
     ScoreRequest,
     ScoreResponse,
 )
+from pm_server import console
 from pm_server.config import ServerSettings
 from pm_server.errors import Overloaded, ServiceError
 from pm_server.modeling import BaseModel
@@ -314,6 +322,58 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
     async def unload_adapter(name: str, svc: Service) -> AdapterAction:
         """Stop serving a principle; requests already admitted still finish with it."""
         return await svc.unload(name)
+
+    @app.post("/v1/scalarize", dependencies=scoring, tags=["scoring"])
+    async def scalarize_scores(req: ScalarizeRequest, svc: Service) -> ScalarizeResponse:
+        """Scalarize scores already computed (the console's weight sliders): no model work."""
+        return svc.scalarize(req)
+
+    @app.get("/v1/scalarizers", dependencies=scoring, tags=["scoring"])
+    async def scalarizers() -> ScalarizersResponse:
+        """The scalarizers, their parameters and defaults, and the server's default scalarizer."""
+        return ScalarizersResponse(
+            scalarizers=[
+                ScalarizerDescription(name=i.name, summary=i.summary, monotone=i.monotone, params=i.params)
+                for i in SCALARIZERS.values()
+            ],
+            default=ScalarizerSpec(
+                name=settings.default_scalarizer,
+                weights=settings.default_weights,
+                params=settings.default_scalarizer_params,
+            ),
+        )
+
+    @app.get("/v1/stats", dependencies=scoring, tags=["console"])
+    async def stats(svc: Service) -> console.StatsResponse:
+        """The server's metrics as JSON: per-principle score histograms, counts, model time."""
+        return console.stats(svc.metrics)
+
+    @app.get("/v1/runs", dependencies=scoring, tags=["console"])
+    async def runs() -> console.RunsResponse:
+        """PPO runs in the server's runs directory (MORLAIF_RUNS_DIR)."""
+        return console.list_runs(settings.runs_dir)
+
+    @app.get("/v1/runs/{name}", dependencies=scoring, tags=["console"])
+    async def run_curves(name: str) -> console.RunCurves:
+        """A run's reward, KL and per-principle score curves, with warnings of reward hacking."""
+        curves = await asyncio.to_thread(console.read_run, settings.runs_dir, name)
+        if curves is None:
+            where = "no runs directory is configured (MORLAIF_RUNS_DIR)" if settings.runs_dir is None else None
+            raise StarletteHTTPException(404, where or f"no run named {name!r} in the runs directory")
+        return curves
+
+    # --------------------------------------------------------------------------------------- console
+    page_headers = {
+        "Content-Security-Policy": "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'",
+        "X-Content-Type-Options": "nosniff",
+        "Cache-Control": "no-cache",
+    }
+
+    @app.get("/", include_in_schema=False)
+    async def console_page() -> FileResponse:
+        return FileResponse(console.STATIC_DIR / "index.html", headers=page_headers)
+
+    app.mount("/console", StaticFiles(directory=console.STATIC_DIR), name="console")
 
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:

@@ -35,12 +35,20 @@ def serve(
             "`morlaif pm eval` fits. Env: MORLAIF_SCALARIZER_FILE."
         ),
     ] = None,
+    runs_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="PPO runs the console at / shows: RUNS_DIR/<run>/metrics.jsonl, as `morlaif ppo train` writes "
+            "them (e.g. runs). Env: MORLAIF_RUNS_DIR."
+        ),
+    ] = None,
     insecure_dev: Annotated[
         bool, typer.Option("--insecure-dev", help="Run without API keys: local development only.")
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:
-    """Serve per-principle preference models over HTTP (POST /v1/score, /v1/compare, /get_reward).
+    """Serve per-principle preference models over HTTP (POST /v1/score, /v1/compare, /get_reward), and the
+    console at / (scores as bars, weight sliders, the loaded adapters, live metrics and PPO runs).
 
     Keys come from the environment, never the command line: MORLAIF_API_KEY (scoring) and
     MORLAIF_ADMIN_KEY (loading and unloading adapters), each at least 16 characters. Without them the
@@ -59,6 +67,7 @@ def serve(
             "port": port,
             "rules_file": rules_file,
             "scalarizer_file": scalarizer_file,
+            "runs_dir": runs_dir,
         }.items()
         if v is not None
     }

@@ -50,6 +50,11 @@ class ServerSettings(BaseSettings):
         "so that a busy server never closes a connection a client is about to reuse).",
     )
 
+    runs_dir: Path | None = Field(
+        default=None,
+        description="PPO runs the console shows (<runs_dir>/<run>/metrics.jsonl, as `morlaif ppo train` writes).",
+    )
+
     # -- batching
     max_batch_tokens: int = Field(default=16384, ge=64, description="Padded tokens per micro-batch.")
     max_batch_rows: int = Field(default=128, ge=1, description="Rows (item x principle) per micro-batch.")

@@ -27,6 +27,8 @@ from morlaif.protocol import (
     Pairwise,
     PrincipleInfo,
     PrinciplesResponse,
+    ScalarizeRequest,
+    ScalarizeResponse,
     ScalarizerSpec,
     ScoreItem,
     ScoreRequest,
@@ -342,6 +344,24 @@ class ScoringService:
             reward=None if a.reward is None or b.reward is None else pair(a.reward, b.reward),
             versions=res.versions,
         )
+
+    def scalarize(self, req: ScalarizeRequest) -> ScalarizeResponse:
+        """Scores already computed, scalarized: what /v1/score's reward would be with this scalarizer."""
+        if len(req.scores) > self.settings.max_items:
+            raise InvalidRequest(
+                f"at most {self.settings.max_items} items per request, got {len(req.scores)}", field="scores"
+            )
+        names = list(req.scores[0])
+        for i, item in enumerate(req.scores):
+            if list(item) != names and sorted(item) != sorted(names):
+                raise InvalidRequest(
+                    f"has principles {sorted(item)} but scores.0 has {sorted(names)}: every item needs the same",
+                    field=f"scores.{i}",
+                )
+        values = torch.tensor([[item[n] for n in names] for item in req.scores], dtype=torch.float64)
+        spec = req.scalarizer
+        rewards = scalarize(values, names, name=spec.name, weights=spec.weights, params=spec.params)
+        return ScalarizeResponse(principles=names, rewards=rewards.tolist(), scalarizer=spec.name)
 
     async def get_reward(self, req: OpenRLHFRewardRequest) -> OpenRLHFRewardResponse:
         """OpenRLHF's remote reward model: `query` is prompt + response; `prompts` the prompts."""

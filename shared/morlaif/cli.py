@@ -129,6 +129,9 @@ def up(
         typer.Option(help="Default scalarizer of /get_reward (default: ADAPTER_ROOT/weights.json when present)."),
     ] = None,
     rules_file: Annotated[Path | None, typer.Option(help="Rule principles (default: brevity, no_refusal).")] = None,
+    runs_dir: Annotated[
+        Path, typer.Option(help="PPO runs the console shows (RUNS_DIR/<run>/metrics.jsonl).")
+    ] = Path("runs"),
     feedback: Annotated[
         bool, typer.Option("--feedback", help="Also run a feedback worker (SQLite store, the local judge).")
     ] = False,
@@ -185,6 +188,7 @@ def up(
         serve_argv += ["--scalarizer-file", str(scalarizer_file)]
     if rules_file is not None:
         serve_argv += ["--rules-file", str(rules_file)]
+    serve_argv += ["--runs-dir", str(runs_dir)]
     if not keyed:
         serve_argv.append("--insecure-dev")
     services = [Service("pm_server", serve_argv)]
@@ -214,6 +218,7 @@ def up(
             lines = [
                 "morlaif is up (Ctrl-C stops everything)",
                 f"  PM server        {url}  (API docs {url}/docs, metrics {url}/metrics)",
+                f"  console          {url}/  (scores, weights, adapters, live metrics, runs in {runs_dir}/)",
                 f"  principles       {names}",
             ]
             if scalarizer_file is not None:

@@ -28,7 +28,11 @@ __all__ = [
     "Pairwise",
     "PrincipleInfo",
     "PrinciplesResponse",
+    "ScalarizeRequest",
+    "ScalarizeResponse",
+    "ScalarizerDescription",
     "ScalarizerSpec",
+    "ScalarizersResponse",
     "ScoreItem",
     "ScoreRequest",
     "ScoreResponse",
@@ -160,6 +164,35 @@ class ScoreResponse(_Model):
     versions: dict[str, str] = Field(description="principle -> adapter version that produced the scores.")
     scalarizer: str | None = None
     usage: Usage
+
+
+class ScalarizeRequest(_Model):
+    """Scores already computed (e.g. by /v1/score) scalarized again, with other weights or another scalarizer."""
+
+    scores: list[dict[str, float]] = Field(
+        min_length=1,
+        description="Per item: principle -> score, every item with the same principles (the `scores` of "
+        "/v1/score's results).",
+    )
+    scalarizer: ScalarizerSpec = Field(default_factory=lambda: ScalarizerSpec())
+
+
+class ScalarizeResponse(_Model):
+    principles: list[str]
+    rewards: list[float]
+    scalarizer: str
+
+
+class ScalarizerDescription(_Model):
+    name: str
+    summary: str
+    monotone: bool = Field(description="True when the reward never falls as one principle's score rises.")
+    params: dict[str, Any] = Field(description="Parameters and their defaults.")
+
+
+class ScalarizersResponse(_Model):
+    scalarizers: list[ScalarizerDescription]
+    default: ScalarizerSpec = Field(description="The server's default (what /get_reward uses).")
 
 
 class CompareRequest(_Model):
