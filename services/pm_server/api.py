@@ -20,7 +20,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from morlaif import __version__
 from morlaif.errors import MorlaifError, ScalarizeError
-from morlaif.scalarize import SCALARIZERS
 from morlaif.protocol import (
     AdapterAction,
     CompareRequest,
@@ -31,13 +30,14 @@ from morlaif.protocol import (
     OpenRLHFRewardResponse,
     PrinciplesResponse,
     ScalarizerDescription,
-    ScalarizerSpec,
     ScalarizeRequest,
     ScalarizeResponse,
+    ScalarizerSpec,
     ScalarizersResponse,
     ScoreRequest,
     ScoreResponse,
 )
+from morlaif.scalarize import SCALARIZERS
 from pm_server import console
 from pm_server.config import ServerSettings
 from pm_server.errors import Overloaded, ServiceError

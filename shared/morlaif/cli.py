@@ -129,9 +129,9 @@ def up(
         typer.Option(help="Default scalarizer of /get_reward (default: ADAPTER_ROOT/weights.json when present)."),
     ] = None,
     rules_file: Annotated[Path | None, typer.Option(help="Rule principles (default: brevity, no_refusal).")] = None,
-    runs_dir: Annotated[
-        Path, typer.Option(help="PPO runs the console shows (RUNS_DIR/<run>/metrics.jsonl).")
-    ] = Path("runs"),
+    runs_dir: Annotated[Path, typer.Option(help="PPO runs the console shows (RUNS_DIR/<run>/metrics.jsonl).")] = Path(
+        "runs"
+    ),
     feedback: Annotated[
         bool, typer.Option("--feedback", help="Also run a feedback worker (SQLite store, the local judge).")
     ] = False,
