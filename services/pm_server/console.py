@@ -109,8 +109,8 @@ def stats(metrics: Metrics) -> StatsResponse:
                     h["cum"].append((float(s.labels["le"]), int(s.value)))
                 elif s.name.endswith("_count"):
                     h["count"] = int(s.value)
-                elif s.name.endswith("_sum"):
-                    h["sum"] = float(s.value)
+            elif family.name == "morlaif_normalised_score_sum":
+                hist.setdefault(s.labels["principle"], {"cum": [], "count": 0, "sum": 0.0})["sum"] = float(s.value)
             elif family.name == "morlaif_request_latency_seconds" and s.name.endswith("_count"):
                 requests[s.labels["endpoint"]] = int(s.value)
             elif family.name == "morlaif_failures" and s.name.endswith("_total"):

@@ -58,4 +58,8 @@ class Metrics:
             buckets=(-3, -2, -1, -0.5, 0, 0.5, 1, 2, 3),
             registry=r,
         )
+        # a histogram with negative buckets exposes no _sum (OpenMetrics), so the sum, for means, is kept here
+        self.score_sum = Gauge(
+            "morlaif_normalised_score_sum", "Sum of the normalised scores per principle.", ["principle"], registry=r
+        )
         self.loaded = Gauge("morlaif_principles_loaded", "Principles served.", registry=r)

@@ -300,8 +300,10 @@ class ScoringService:
                 used, names, name=scalarizer.name, weights=scalarizer.weights, params=scalarizer.params
             ).tolist()
         for j, n in enumerate(names):
-            for v in used[:, j].tolist():
+            column = used[:, j].tolist()
+            for v in column:
                 self.metrics.scores.labels(principle=n).observe(v)
+            self.metrics.score_sum.labels(principle=n).inc(sum(column))
         results = [
             ItemScores(
                 scores=dict(zip(names, used[i].tolist(), strict=True)),

@@ -185,8 +185,8 @@ def test_stats_count_and_bin_every_score_served(server):
     for s in new_scores:  # each new score landed in the bucket its value belongs to
         k = next((i for i, b in enumerate(h["bounds"]) if s <= b), len(h["bounds"]))
         assert h["counts"][k] > prev_counts[k]
-    if prev is None:
-        assert h["mean"] == pytest.approx(sum(new_scores) / len(new_scores), abs=1e-9)
+    total_before = prev["mean"] * prev["count"] if prev else 0.0
+    assert h["mean"] * h["count"] - total_before == pytest.approx(sum(new_scores), abs=1e-9)
 
 
 def test_runs_are_listed_from_the_runs_directory_only(server):
