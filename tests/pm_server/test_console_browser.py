@@ -140,6 +140,12 @@ def test_scoring_two_responses_shows_the_apis_scores_as_bars(page, server):
         # the reward under the server's default scalarizer, as the API computes it
         reward = page.locator("#results .reward").nth(i)
         assert float(reward.get_attribute("data-value")) == pytest.approx(result["reward"], abs=1e-9)
+    # the bars show the normalised scores, or on request the raw ones
+    first = page.locator('.card[data-item="0"] .bar-row[data-principle]').first
+    assert first.get_attribute("data-bar") == first.get_attribute("data-score")
+    page.select_option("#bar-kind", "raw_scores")
+    first = page.locator('.card[data-item="0"] .bar-row[data-principle]').first
+    assert first.get_attribute("data-bar") == first.get_attribute("data-raw")
     # two responses: P(A better than B) per principle and for the reward, as /v1/compare answers
     cmp = httpx.post(
         server.url + "/v1/compare",

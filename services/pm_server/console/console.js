@@ -50,6 +50,7 @@ const state = {
   weights: {}, // principle -> number
   params: {}, // current scalarizer's params (as entered)
   last: null, // {items: [{prompt, response}], result: ScoreResponse}
+  rewards: null, // {values, spec} of the last scalarization
   rewardSeq: 0,
   statsPrev: null,
   liveTimer: null,
@@ -203,6 +204,7 @@ function initScore() {
     if (all.length > 1) all[all.length - 1].remove();
   });
   $("#score-btn").addEventListener("click", score);
+  $("#bar-kind").addEventListener("change", () => state.last && renderResults());
 }
 
 async function score() {
@@ -215,6 +217,7 @@ async function score() {
     const result = await api("/v1/score", { method: "POST", body: { items } });
     clearError();
     state.last = { items, result };
+    state.rewards = null;
     renderResults();
     await rescalarize();
     $("#score-state").textContent = `${result.usage.items} responses × ${result.principles.length} principles, ${result.usage.input_tokens} tokens`;
@@ -241,7 +244,8 @@ function renderResults() {
   const { items, result } = state.last;
   const box = $("#results");
   box.replaceChildren();
-  const all = result.results.flatMap((r) => result.principles.map((p) => Math.abs(r.scores[p])));
+  const kind = $("#bar-kind").value; // "scores" (normalised) or "raw_scores"
+  const all = result.results.flatMap((r) => result.principles.map((p) => Math.abs(r[kind][p])));
   const scale = Math.max(1, ...all.filter(Number.isFinite));
   result.results.forEach((r, i) => {
     const label = String.fromCharCode(65 + i);
@@ -250,16 +254,32 @@ function renderResults() {
     card.append(el("h3", {}, el("span", { text: `Response ${label}` }), el("span", {}, "reward ", reward)));
     card.append(el("div", { class: "response-text", text: items[i].response || "(empty)" }));
     card.append(
-      el("div", { class: "bar-row muted" }, el("span", { text: "principle" }), el("span", { text: `normalised score (±${fmt(scale, 1)})` }), el("span", { text: "norm." }), el("span", { text: "raw" }))
+      el("div", { class: "bar-row muted" }, el("span", { text: "principle" }), el("span", { text: `${kind === "scores" ? "normalised" : "raw"} score (±${fmt(scale, 1)})` }), el("span", { text: "norm." }), el("span", { text: "raw" }))
     );
     for (const p of result.principles) {
-      const row = el("div", { class: "bar-row", "data-principle": p, "data-score": String(r.scores[p]), "data-raw": String(r.raw_scores[p]) });
-      row.append(el("span", { text: p }), bar(r.scores[p], scale), el("span", { class: "norm", text: fmt(r.scores[p]) }), el("span", { class: "raw", text: fmt(r.raw_scores[p]) }));
+      const row = el("div", { class: "bar-row", "data-principle": p, "data-score": String(r.scores[p]), "data-raw": String(r.raw_scores[p]), "data-bar": String(r[kind][p]) });
+      row.append(el("span", { text: p }), bar(r[kind][p], scale), el("span", { class: "norm", text: fmt(r.scores[p]) }), el("span", { class: "raw", text: fmt(r.raw_scores[p]) }));
       card.append(row);
     }
     box.append(card);
   });
-  renderComparison(null);
+  renderRewards();
+}
+
+function renderRewards() {
+  const spans = [...document.querySelectorAll("#results .reward")];
+  const r = state.rewards;
+  spans.forEach((s, i) => {
+    s.textContent = r ? fmt(r.values[i]) : "–";
+    if (r) {
+      s.dataset.value = String(r.values[i]);
+      s.dataset.spec = r.spec;
+    } else {
+      delete s.dataset.value;
+      delete s.dataset.spec;
+    }
+  });
+  renderComparison(r ? r.values : null);
 }
 
 function renderComparison(rewards) {
@@ -376,7 +396,6 @@ async function rescalarize() {
   const names = state.last.result.principles;
   // weights of principles the last score did not cover (e.g. loaded since) are left out
   const weights = Object.fromEntries(names.map((n) => [n, n in spec.weights ? spec.weights[n] : 0]));
-  const spans = [...document.querySelectorAll("#results .reward")];
   try {
     const out = await api("/v1/scalarize", {
       method: "POST",
@@ -384,20 +403,13 @@ async function rescalarize() {
     });
     if (seq !== state.rewardSeq) return; // a newer change is on its way
     clearError();
-    out.rewards.forEach((r, i) => {
-      spans[i].textContent = fmt(r);
-      spans[i].dataset.value = String(r);
-      spans[i].dataset.spec = JSON.stringify({ ...spec, weights });
-    });
-    renderComparison(out.rewards);
+    state.rewards = { values: out.rewards, spec: JSON.stringify({ ...spec, weights }) };
   } catch (e) {
     if (seq !== state.rewardSeq) return;
-    for (const s of spans) {
-      s.textContent = "–";
-      delete s.dataset.value;
-    }
+    state.rewards = null;
     showError(e);
   }
+  renderRewards();
 }
 
 function initWeights() {
