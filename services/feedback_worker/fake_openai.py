@@ -4,6 +4,10 @@ Its "judge" prefers the option whose text contains "good" (logit +-2) and leans 
 shown first, so averaging both orders has a bias to cancel. Faults are queued per request
 (`app.state.faults`) or drawn at random (`app.state.storm`, a probability): 429 with Retry-After, 500,
 slow answers past the client's timeout, answers that are neither A nor B, and answers without logprobs.
+
+Anything that is not the judge's prompt is answered as a target model would (`policy_texts`): ``n`` answers
+per request, seeded by the request's ``seed`` and prompt, at most `app.state.max_n` of them (a server without
+``n`` support answers one); /v1/completions does the same for raw text prompts.
 """
 
 from __future__ import annotations
@@ -30,6 +34,50 @@ def logit_first(content: str) -> float:
     a, b = m.group(1), m.group(2)
     pref = PREFERENCE_LOGIT if "good" in a else -PREFERENCE_LOGIT if "good" in b else 0.0
     return pref + FIRST_BIAS
+
+
+_JUDGE_PROMPT = re.compile(r"Option A:\n(.*)\n\nOption B:\n(.*)\n\nPlease respond", re.S)
+
+
+def policy_texts(prompt: str, n: int, seed: object) -> list[str]:
+    """What the stand-in "target model" answers: n different texts, the same for the same (prompt, seed)."""
+    rng = random.Random(f"{seed}\x00{prompt}")
+    tail = prompt.strip().splitlines()[-1][-40:] if prompt.strip() else ""
+    return [f"answer {rng.randrange(10**6)} to {tail!r}" for _ in range(n)]
+
+
+def _usage(prompt: str, texts: list[str]) -> dict:
+    done = sum(len(t) // 4 for t in texts)
+    return {"prompt_tokens": len(prompt) // 4, "completion_tokens": done, "total_tokens": len(prompt) // 4 + done}
+
+
+def policy_completion(body: dict, max_n: int) -> dict:
+    prompt = "\n".join(str(m.get("content", "")) for m in body["messages"])
+    texts = policy_texts(prompt, min(int(body.get("n") or 1), max_n), body.get("seed"))
+    return {
+        "id": "chatcmpl-fake-policy",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": body["model"],
+        "choices": [
+            {"index": j, "message": {"role": "assistant", "content": t}, "logprobs": None, "finish_reason": "stop"}
+            for j, t in enumerate(texts)
+        ],
+        "usage": _usage(prompt, texts),
+    }
+
+
+def text_completion(body: dict, max_n: int) -> dict:
+    prompt = str(body["prompt"])
+    texts = policy_texts(prompt, min(int(body.get("n") or 1), max_n), body.get("seed"))
+    return {
+        "id": "cmpl-fake-policy",
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": body["model"],
+        "choices": [{"index": j, "text": t, "logprobs": None, "finish_reason": "stop"} for j, t in enumerate(texts)],
+        "usage": _usage(prompt, texts),
+    }
 
 
 def completion(body: dict, fault: str | None = None) -> dict:
@@ -73,6 +121,7 @@ def make_app(*, slow_s: float = 2.0, delay_s: float = 0.0, seed: int = 0) -> Fas
     app.state.keys = set()
     app.state.by_key = collections.Counter()  # requests per Authorization header
     app.state.retry_after = "0.05"
+    app.state.max_n = 128  # choices per request at most (1: a server without `n`)
     rng = random.Random(seed)
 
     @app.post("/v1/chat/completions")
@@ -100,7 +149,24 @@ def make_app(*, slow_s: float = 2.0, delay_s: float = 0.0, seed: int = 0) -> Fas
             await asyncio.sleep(slow_s)
         if delay_s:
             await asyncio.sleep(delay_s)
+        if not _JUDGE_PROMPT.search(str(body["messages"][-1].get("content", ""))):
+            return JSONResponse(policy_completion(body, app.state.max_n))
         return JSONResponse(completion(body, fault))
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> JSONResponse:
+        body = await request.json()
+        app.state.times.append(time.monotonic())
+        fault = app.state.faults.pop(0) if app.state.faults else None
+        if fault == "429":
+            return JSONResponse(
+                {"error": {"message": "slow down", "type": "rate_limit"}},
+                status_code=429,
+                headers={"retry-after": app.state.retry_after},
+            )
+        if fault == "500":
+            return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
+        return JSONResponse(text_completion(body, app.state.max_n))
 
     # -- the Batch API: files and batches; a batch is "in_progress" on its first retrieve, then done
     app.state.files = {}

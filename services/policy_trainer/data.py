@@ -5,7 +5,9 @@ Accepted files (``.jsonl`` or ``.jsonl.gz``), every error naming ``file:line``:
 * prompt JSONL: ``{"prompt": "..."}`` a line (other fields ignored), which includes the pair files of
   ``../shared/data`` and ``morlaif feedback export``; duplicate prompts are read once;
 * Anthropic HH-RLHF transcripts (``{"chosen", "rejected"}``): the conversation up to the last
-  ``Assistant:`` is the prompt.
+  ``Assistant:`` is the prompt;
+* chat messages (``{"messages": [{"role": "user", "content": "..."}, ...]}``, user and assistant turns
+  ending with the user's): written as the HH transcript they are (``\n\nHuman: ...\n\nAssistant:``).
 
 The PM server scores the prompt text as read (HH transcripts are what the default adapters were trained
 on); the policy sees it through its chat template when it has one (`render`).
@@ -43,13 +45,17 @@ def read_prompts(path: str | Path) -> list[str]:
                 prompt = obj["prompt"]
                 if not isinstance(prompt, str) or not prompt.strip():
                     raise PromptDataError(f"{path}:{n}: field 'prompt' must be a non-empty string")
+            elif "messages" in obj:
+                prompt = _transcript(obj["messages"], f"{path}:{n}")
             elif isinstance(obj.get("chosen"), str) and isinstance(obj.get("rejected"), str):
                 parts = split_hh(obj["chosen"], obj["rejected"])
                 if parts is None:
                     raise PromptDataError(f"{path}:{n}: chosen and rejected share no prompt ending in 'Assistant:'")
                 prompt = parts[0]
             else:
-                raise PromptDataError(f"{path}:{n}: expected a 'prompt' field (or HH-RLHF 'chosen'/'rejected')")
+                raise PromptDataError(
+                    f"{path}:{n}: expected a 'prompt' field, chat 'messages' or HH-RLHF 'chosen'/'rejected'"
+                )
             seen.setdefault(prompt, None)
     except PromptDataError:
         raise
@@ -58,6 +64,23 @@ def read_prompts(path: str | Path) -> list[str]:
     if not seen:
         raise PromptDataError(f"{path}: no prompts")
     return list(seen)
+
+
+def _transcript(messages: Any, where: str) -> str:
+    """Chat messages ending with the user's turn as an HH transcript ending in ``Assistant:``."""
+    names = {"user": "Human", "assistant": "Assistant"}
+    if not isinstance(messages, list) or not messages:
+        raise PromptDataError(f"{where}: field 'messages' must be a non-empty list of {{role, content}}")
+    out = []
+    for i, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in names or not isinstance(m.get("content"), str):
+            raise PromptDataError(
+                f'{where}: messages[{i}] must be {{"role": "user" or "assistant", "content": string}}'
+            )
+        out.append(f"\n\n{names[m['role']]}: {m['content'].strip()}")
+    if messages[-1]["role"] != "user":
+        raise PromptDataError(f"{where}: the last message must be the user's (the response is what gets sampled)")
+    return "".join(out) + "\n\nAssistant:"
 
 
 def _bucket(prompt: str, salt: str) -> float:

@@ -16,6 +16,7 @@ from pm_server.cli import serve
 from pm_server.pm_cli import app as pm_app
 from policy_trainer.cli import app as ppo_app
 from policy_trainer.eval_cli import app as eval_app
+from policy_trainer.sample_cli import sample
 
 app = typer.Typer(
     name="morlaif",
@@ -25,6 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("serve")(serve)
+app.command("sample")(sample)
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(pm_app, name="pm")
 app.add_typer(ppo_app, name="ppo")

@@ -7,13 +7,24 @@ envvar, and these are the rest.
 
 from __future__ import annotations
 
-__all__ = ["API_KEY", "ADMIN_KEY", "JUDGE_API_KEY", "OPENAI_API_KEY", "MODEL_CACHE", "DIRECT"]
+__all__ = [
+    "API_KEY",
+    "ADMIN_KEY",
+    "JUDGE_API_KEY",
+    "OPENAI_API_KEY",
+    "MODEL_CACHE",
+    "SAMPLE_API_KEY",
+    "SAMPLE_BASE_URL",
+    "DIRECT",
+]
 
 API_KEY = "MORLAIF_API_KEY"
 ADMIN_KEY = "MORLAIF_ADMIN_KEY"
 JUDGE_API_KEY = "MORLAIF_JUDGE_API_KEY"
 OPENAI_API_KEY = "OPENAI_API_KEY"
 MODEL_CACHE = "MORLAIF_MODEL_CACHE"
+SAMPLE_API_KEY = "MORLAIF_SAMPLE_API_KEY"
+SAMPLE_BASE_URL = "MORLAIF_SAMPLE_BASE_URL"  # read as a CLI option's envvar (morlaif sample --endpoint)
 
 DIRECT: dict[str, str] = {
     API_KEY: "the PM server's scoring key, as clients (morlaif score, ppo train, RemoteReward) send it",
@@ -21,4 +32,5 @@ DIRECT: dict[str, str] = {
     JUDGE_API_KEY: "the judge endpoint's key (feedback workers, eval winrate)",
     OPENAI_API_KEY: "fallback for MORLAIF_JUDGE_API_KEY",
     MODEL_CACHE: "where dequantised packaged models are cached (default var/models)",
+    SAMPLE_API_KEY: "the key of the endpoint `morlaif sample --endpoint` samples from (none for a local vLLM)",
 }

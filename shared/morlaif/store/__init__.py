@@ -10,6 +10,6 @@ Usage::
 """
 
 from morlaif.store.db import open_store
-from morlaif.store.store import ClaimedJob, LabelIn, LeaseLost, PairRecord, Store
+from morlaif.store.store import ClaimedJob, LabelIn, LeaseLost, PairRecord, SampledPrompt, Store
 
-__all__ = ["open_store", "Store", "PairRecord", "LabelIn", "ClaimedJob", "LeaseLost"]
+__all__ = ["open_store", "Store", "PairRecord", "LabelIn", "ClaimedJob", "LeaseLost", "SampledPrompt"]

@@ -43,7 +43,9 @@ class Response(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     prompt_id: Mapped[str] = mapped_column(ForeignKey("prompts.id"), index=True)
     text: Mapped[str] = mapped_column(Text)
-    source: Mapped[str] = mapped_column(String(200), default="")
+    source: Mapped[str] = mapped_column(String(200), default="", index=True)
+    #: how a sampled response was made (`morlaif sample`): model, backend, sampling settings, sample index
+    meta: Mapped[dict[str, Any] | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
 
 

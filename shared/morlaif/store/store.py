@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, aliased
 from morlaif.errors import MorlaifError
 from morlaif.store.models import Comparison, Job, Label, Prompt, Response, content_id, utcnow
 
-__all__ = ["Store", "PairRecord", "LabelIn", "ClaimedJob", "ImportStats", "LeaseLost"]
+__all__ = ["Store", "PairRecord", "LabelIn", "ClaimedJob", "ImportStats", "LeaseLost", "SampledPrompt"]
 
 HUMAN = "human"
 
@@ -61,6 +61,17 @@ class ClaimedJob:
     response_a: str
     response_b: str
     attempts: int
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SampledPrompt:
+    """Responses sampled for one prompt (`meta[i]` says how `responses[i]` was made) and the pairs of them
+    (indices into `responses`) to compare."""
+
+    prompt: str
+    responses: list[str]
+    meta: list[dict[str, Any]]
+    pairs: list[tuple[int, int]]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -173,6 +184,50 @@ class Store:
             self._insert_ignore(s, Response, list(responses.values()))
             self._insert_ignore(s, Comparison, list(comparisons.values()))
             self._insert_ignore(s, Label, list(labels.values()))
+
+    # ------------------------------------------------------------------------------------- samples
+    def sampled_prompts(self, source: str) -> set[str]:
+        """The texts of the prompts that already have responses from `source` (what a resumed sampling skips)."""
+        with Session(self.engine) as s:
+            q = select(Prompt.text).join(Response, Response.prompt_id == Prompt.id).where(Response.source == source)
+            return set(s.scalars(q.distinct()))
+
+    def add_samples(self, samples: Sequence[SampledPrompt], *, source: str) -> ImportStats:
+        """Store sampled responses and the comparisons chosen among them, all of `samples` in one transaction
+        (a run stopped between two calls loses nothing it reported). Identical texts of one prompt are one
+        response; a pair of identical texts is no comparison."""
+        stats = ImportStats(records=len(samples))
+        prompts: dict[str, dict[str, Any]] = {}
+        responses: dict[str, dict[str, Any]] = {}
+        comparisons: dict[str, dict[str, Any]] = {}
+        for smp in samples:
+            pid = content_id("prompt", smp.prompt)
+            prompts[pid] = {"id": pid, "text": smp.prompt}
+            ids = []
+            for text, meta in zip(smp.responses, smp.meta, strict=True):
+                rid = content_id("response", pid, text)
+                responses.setdefault(rid, {"id": rid, "prompt_id": pid, "text": text, "source": source, "meta": meta})
+                ids.append(rid)
+            for i, j in smp.pairs:
+                if ids[i] == ids[j]:
+                    continue
+                a, b = sorted((ids[i], ids[j]))
+                cid = content_id("comparison", pid, a, b)
+                comparisons[cid] = {
+                    "id": cid,
+                    "prompt_id": pid,
+                    "response_a_id": a,
+                    "response_b_id": b,
+                    "source": source,
+                }
+        with Session(self.engine) as s, s.begin():
+            stats.prompts = len(prompts) - len(self._existing(s, Prompt.id, prompts))
+            stats.responses = len(responses) - len(self._existing(s, Response.id, responses))
+            stats.comparisons = len(comparisons) - len(self._existing(s, Comparison.id, comparisons))
+            self._insert_ignore(s, Prompt, list(prompts.values()))
+            self._insert_ignore(s, Response, list(responses.values()))
+            self._insert_ignore(s, Comparison, list(comparisons.values()))
+        return stats
 
     # ------------------------------------------------------------------------------------- enqueue
     def enqueue(
