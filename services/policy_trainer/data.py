@@ -24,7 +24,7 @@ from typing import Any
 from morlaif.jsonl import JsonlError, iter_objects
 from morlaif.store.importers import split_hh
 
-__all__ = ["PromptDataError", "read_prompts", "split_prompts", "render", "hh_messages"]
+__all__ = ["PromptDataError", "read_prompts", "split_prompts", "render", "hh_messages", "messages_to_transcript"]
 
 _TURN = re.compile(r"\n\n(Human|Assistant):")
 
@@ -46,7 +46,7 @@ def read_prompts(path: str | Path) -> list[str]:
                 if not isinstance(prompt, str) or not prompt.strip():
                     raise PromptDataError(f"{path}:{n}: field 'prompt' must be a non-empty string")
             elif "messages" in obj:
-                prompt = _transcript(obj["messages"], f"{path}:{n}")
+                prompt = messages_to_transcript(obj["messages"], f"{path}:{n}")
             elif isinstance(obj.get("chosen"), str) and isinstance(obj.get("rejected"), str):
                 parts = split_hh(obj["chosen"], obj["rejected"])
                 if parts is None:
@@ -66,7 +66,7 @@ def read_prompts(path: str | Path) -> list[str]:
     return list(seen)
 
 
-def _transcript(messages: Any, where: str) -> str:
+def messages_to_transcript(messages: Any, where: str) -> str:
     """Chat messages ending with the user's turn as an HH transcript ending in ``Assistant:``."""
     names = {"user": "Human", "assistant": "Assistant"}
     if not isinstance(messages, list) or not messages:

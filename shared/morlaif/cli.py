@@ -16,7 +16,7 @@ from pm_server.cli import serve
 from pm_server.pm_cli import app as pm_app
 from policy_trainer.cli import app as ppo_app
 from policy_trainer.eval_cli import app as eval_app
-from policy_trainer.sample_cli import sample
+from policy_trainer.pipeline_cli import sample, sft
 
 app = typer.Typer(
     name="morlaif",
@@ -27,6 +27,7 @@ app = typer.Typer(
 )
 app.command("serve")(serve)
 app.command("sample")(sample)
+app.command("sft")(sft)
 app.add_typer(feedback_app, name="feedback")
 app.add_typer(pm_app, name="pm")
 app.add_typer(ppo_app, name="ppo")

@@ -1,9 +1,10 @@
-"""`morlaif sample`: responses of a target model into the label store (only typer at module level)."""
+"""`morlaif sample` and `morlaif sft`: the target model's side of the pipeline (only typer at module level)."""
 
 from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -182,4 +183,81 @@ def sample(
         f"sampled {stats.prompts} prompts ({stats.skipped} done before) x {k}: {stats.responses} new responses, "
         f"{stats.comparisons} new comparisons, source {source!r}\n"
         f"next: morlaif feedback enqueue --source {source!r} --principles helpfulness,harmlessness --judge local"
+    )
+
+
+def sft(
+    data: Annotated[
+        list[str],
+        typer.Argument(
+            help='Data files: HH-RLHF transcripts, {"prompt", "completion"} (what `morlaif score --condition` '
+            'writes) or {"prompt", "response"}, preference pairs (the chosen response), or chat {"messages"}.'
+        ),
+    ],
+    model: Annotated[str, typer.Option(help="smollm2 (the packaged SmolLM2-135M-Instruct), a folder or a hub id.")] = (
+        "smollm2"
+    ),
+    out: Annotated[Path, typer.Option(help="Output folder: policy/, checkpoints/, sft.json.")] = Path("runs/sft"),
+    lora: Annotated[
+        bool, typer.Option(help="Train a LoRA adapter (all linear layers) instead of every weight.")
+    ] = True,
+    lora_r: Annotated[int, typer.Option(min=1, help="LoRA rank.")] = 16,
+    merge: Annotated[bool, typer.Option(help="Save the LoRA merged into a full model (what ppo and sample load).")] = (
+        True
+    ),
+    epochs: Annotated[float, typer.Option(min=0.01, help="Passes over the data.")] = 1.0,
+    learning_rate: Annotated[float, typer.Option(min=0.0, help="Peak learning rate.")] = 2e-4,
+    batch_size: Annotated[int, typer.Option(min=1, help="Examples per step.")] = 4,
+    max_length: Annotated[int, typer.Option(min=8, help="Tokens per example at most (longer ones are cut).")] = 512,
+    max_examples: Annotated[int | None, typer.Option(min=2, help="Use at most this many examples (random).")] = None,
+    eval_fraction: Annotated[float, typer.Option(min=0.0, max=0.5, help="Held-out share for the loss report.")] = 0.05,
+    chat_template: Annotated[bool, typer.Option(help="Conversational examples through the chat template.")] = True,
+    save_steps: Annotated[int, typer.Option(min=1, help="Steps between checkpoints (a rerun resumes).")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the split, shuffling and initialisation.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+) -> None:
+    """Supervised fine-tuning of the target model on dialogue (MORLAIF's first step), with TRL's SFTTrainer.
+
+    Prints the held-out loss before and after; writes OUT/policy (a model `morlaif sample --model OUT/policy`
+    and `morlaif ppo train --set model.name_or_path=OUT/policy` load). Interrupted runs resume from the
+    newest checkpoint when the same command runs again. Example:
+
+        morlaif sft ../shared/data/hh-rlhf/helpful-base-dev.jsonl.gz --max-examples 2000 --out runs/sft
+    """
+    from policy_trainer.sft import SFTDataError, SFTSettings, run_sft
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    cfg = SFTSettings(
+        model=model,
+        out=out,
+        lora=lora,
+        lora_r=lora_r,
+        lora_alpha=2 * lora_r,
+        merge=merge,
+        epochs=epochs,
+        learning_rate=learning_rate,
+        batch_size=batch_size,
+        max_length=max_length,
+        max_examples=max_examples,
+        eval_fraction=eval_fraction,
+        chat_template=chat_template,
+        seed=seed,
+        save_steps=save_steps,
+        device=device,
+    )
+    try:
+        res = run_sft(data, cfg, progress=not quiet)
+    except SFTDataError as e:
+        raise _fail(str(e)) from None
+    except OSError as e:
+        raise _fail(f"cannot load {model!r}: {e}") from None
+
+    def f(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
+    typer.echo(
+        f"sft: {res.examples} examples ({res.held_out} held out), {res.steps} steps; held-out loss "
+        f"{f(res.eval_loss_before)} -> {f(res.eval_loss_after)}; train loss {f(res.train_loss)}\n"
+        f"wrote {res.out / 'policy'} and {res.out / 'sft.json'}"
     )
