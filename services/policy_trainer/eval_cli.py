@@ -148,3 +148,97 @@ def winrate_cmd(
     if failures:
         typer.echo(f"judge failures (left out): {failures}", err=True)
     typer.echo(f"wrote {out} and {samples}", err=True)
+
+
+@app.command("conditioning")
+def conditioning_cmd(
+    policy: Annotated[str, typer.Argument(help="The reward-conditioned model: a `morlaif sft` folder or its policy/.")],
+    scaling: Annotated[
+        Path, typer.Option(help="The scaling its training records were written with (<records>.scaling.json).")
+    ],
+    prompts: Annotated[str, typer.Option(help="Held-out prompts (HH transcripts, {prompt} or {messages} JSONL).")],
+    url: Annotated[str, typer.Option(envvar="MORLAIF_URL", help="PM server that scores the responses.")] = (
+        "http://127.0.0.1:8000"
+    ),
+    num_prompts: Annotated[int, typer.Option(min=3, help="Prompts to evaluate on (a seeded sample).")] = 64,
+    spread: Annotated[float, typer.Option(min=0.1, help="Random targets are uniform in [-spread, spread].")] = 2.0,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Most tokens per response.")] = 64,
+    temperature: Annotated[float, typer.Option(min=0.0, help="Sampling temperature; 0: greedy.")] = 0.7,
+    batch_size: Annotated[int, typer.Option(min=1, help="Prompts per generation batch.")] = 8,
+    chat_template: Annotated[bool, typer.Option(help="Prompts through the chat template (as `morlaif sft`).")] = True,
+    seed: Annotated[int, typer.Option(help="Seed of the prompt sample, the targets and sampling.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    out: Annotated[Path, typer.Option(help="Result JSON; the scatter plot and samples go beside it.")] = Path(
+        "conditioning.json"
+    ),
+    quiet: Annotated[bool, typer.Option("--quiet", help="No progress bars.")] = False,
+) -> None:
+    """How well a reward-conditioned model gives the scores it is asked for.
+
+    Each held-out prompt is asked for random target scores (scaled as in training) and, separately, for the
+    maximum on every principle; the PM server scores what comes back. Prints per principle the correlation
+    and slope between requested and achieved scaled scores, the mean achieved under random targets and
+    under "maximum on all"; writes the JSON, a scatter plot (.png) and every sample (.jsonl). Example:
+
+        morlaif eval conditioning runs/sft-cond --scaling cond.scaling.json --prompts held-out.jsonl
+    """
+    import os
+    import random
+
+    from morlaif.client import MorlaifClient
+    from morlaif.errors import MorlaifError
+    from morlaif.runs import progress
+    from policy_trainer.conditioning import ConditionError, Scaling, evaluate_conditioning, plot_conditioning
+    from policy_trainer.data import read_prompts
+    from policy_trainer.generate import SamplingConfig, generate_responses
+    from policy_trainer.train import load_trained_policy
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        sc = Scaling.load(scaling)
+        pool = read_prompts(prompts)
+    except (ConditionError, MorlaifError) as e:
+        raise _fail(str(e)) from None
+    chosen = random.Random(seed).sample(pool, num_prompts) if len(pool) > num_prompts else pool
+    try:
+        model, tokenizer = load_trained_policy(policy, device=device)
+    except OSError as e:
+        raise _fail(f"cannot load {policy!r}: {e}") from None
+    cfg = SamplingConfig(
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        batch_size=batch_size,
+        seed=seed,
+        chat_template=chat_template,
+    )
+
+    def generate(texts: list[str]) -> list[str]:
+        bar = progress(len(texts), 0, "sampling", not quiet, unit="prompt")
+        try:
+            return generate_responses(model, tokenizer, texts, cfg, on_batch=bar.update)
+        finally:
+            bar.close()
+
+    with MorlaifClient(url, api_key=os.environ.get(envvars.API_KEY)) as client:
+
+        def score(ps: list[str], rs: list[str]) -> list[dict[str, float]]:
+            res = []
+            for i in range(0, len(ps), 64):
+                got = client.score(ps[i : i + 64], rs[i : i + 64], principles=sc.principles)
+                res += [r.scores for r in got.results]
+            return res
+
+        try:
+            report = evaluate_conditioning(chosen, sc, generate, score, seed=seed, spread=spread)
+        except MorlaifError as e:
+            raise _fail(f"the PM server at {url} failed: {e}", 1) from None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    body = {k: v for k, v in report.__dict__.items() if k != "records"}
+    body.update(policy=policy, prompts=prompts, scaling=str(scaling), sampling=cfg.__dict__, spread=spread)
+    out.write_text(json.dumps(body, indent=2) + "\n")
+    samples = out.with_suffix(".jsonl")
+    samples.write_text("".join(json.dumps(r) + "\n" for r in report.records))
+    png = out.with_suffix(".png")
+    plot_conditioning(report, png)
+    typer.echo(report.table())
+    typer.echo(f"wrote {out}, {png} and {samples}", err=True)

@@ -34,9 +34,18 @@ class _Record:
 
 
 def read_records(path: Path) -> Iterator[_Record]:
-    """Records with `prompt` and `response` (or `messages`); a `JsonlError` naming file:line otherwise."""
+    """Records with `prompt` and `response` (or `messages`, or an HH transcript pair: its chosen response); a
+    `JsonlError` naming file:line otherwise."""
+    from morlaif.store.importers import split_hh
+
     for n, data in iter_objects(path):
         fields = {k: data[k] for k in ("prompt", "response", "messages") if k in data}
+        if not fields and isinstance(data.get("chosen"), str) and isinstance(data.get("rejected"), str):
+            parts = split_hh(data["chosen"], data["rejected"])  # an HH transcript: its chosen response
+            if parts is None:
+                raise InputError(f"{path}:{n}: chosen and rejected share no prompt ending in 'Assistant:'")
+            fields = {"prompt": parts[0], "response": parts[1].strip()}
+            data = {**data, **fields}
         try:
             item = ScoreItem.model_validate(fields)
         except Exception as e:

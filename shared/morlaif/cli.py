@@ -69,12 +69,21 @@ def score(
     ] = None,
     raw: Annotated[bool, typer.Option("--raw", help="Scores without calibration (normalize=false).")] = False,
     batch_size: Annotated[int, typer.Option(min=1, max=512, help="Records per request.")] = 64,
+    condition: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also write reward-conditioned training records here (prompts carrying their response's scores, "
+            "standard-scaled, for `morlaif sft`), and the scaling beside them (<name>.scaling.json)."
+        ),
+    ] = None,
 ) -> None:
     """Bulk-score a JSONL file through a running PM server, with a progress bar; rerun to resume.
 
-    The API key comes from MORLAIF_API_KEY. Example:
+    Records are {"prompt", "response"}, chat "messages", or HH-RLHF transcripts {"chosen", "rejected"} (the
+    chosen response is scored). The API key comes from MORLAIF_API_KEY. Examples:
 
         morlaif score pairs.jsonl scored.jsonl --scalarizer soft_max_min --weights '{"helpfulness": 1}'
+        morlaif score dialogues.jsonl scored.jsonl --condition conditioned.jsonl   # then: morlaif sft conditioned.jsonl
     """
     from morlaif.bulk import score_file
     from morlaif.client import MorlaifClient
@@ -114,6 +123,19 @@ def score(
         typer.echo(f"error: the PM server at {url} refused or failed: {e}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"scored {scored} records ({skipped} already in {output})", err=True)
+    if condition is not None:
+        from policy_trainer.conditioning import scaling_path, write_conditioning
+
+        try:
+            n, scaling = write_conditioning(output, condition, principles=names)
+        except JsonlError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(
+            f"wrote {n} conditioned records to {condition} (principles {', '.join(scaling.principles)}; scaling in "
+            f"{scaling_path(condition)})",
+            err=True,
+        )
 
 
 _LOOPBACK = {"127.0.0.1", "localhost", "::1"}
