@@ -1,5 +1,6 @@
 """The README's screenshot of the console: a real `morlaif serve` on the default adapters, the "harmful request"
-example scored in Debian's chromium, written to docs/console.png (and docs/console-live.png).
+example scored in Debian's chromium, written to docs/console.png; and the Live tab with the PPO demo run of
+docs/ppo-demo (its metrics.jsonl), written to docs/console-live.png.
 
     .venv/bin/python scripts/console_screenshot.py [--adapter-root adapters] [--port 8795]
 """
@@ -23,13 +24,15 @@ def main() -> None:
     ap.add_argument("--adapter-root", type=Path, default=Path("adapters"))
     ap.add_argument("--port", type=int, default=8795)
     ap.add_argument("--out", type=Path, default=Path("docs/console.png"))
+    ap.add_argument("--runs-dir", type=Path, default=Path("docs"), help="where the run to show lives")
+    ap.add_argument("--run", default="ppo-demo")
     args = ap.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         sys.exit("error: Debian's chromium is not installed (apt-get install chromium)")
     url = f"http://127.0.0.1:{args.port}"
     cmd = [sys.executable, "-m", "morlaif.cli", "serve", "--insecure-dev", "--port", str(args.port)]
-    cmd += ["--adapter-root", str(args.adapter_root), "--log-level", "warning"]
+    cmd += ["--adapter-root", str(args.adapter_root), "--runs-dir", str(args.runs_dir), "--log-level", "warning"]
     weights = args.adapter_root / "weights.json"
     if weights.is_file():
         cmd += ["--scalarizer-file", str(weights)]
@@ -57,6 +60,8 @@ def main() -> None:
             page.click('nav .tab[data-tab="live"]')
             expect(page.locator("#histograms [data-histogram]").first).to_be_visible(timeout=30_000)
             expect(page.locator('[data-stat="rate"] b')).not_to_have_text("–", timeout=30_000)  # two polls
+            page.select_option("#run", args.run)
+            expect(page.locator("#run-charts path[data-series]").first).to_be_attached(timeout=30_000)
             live = args.out.with_name(args.out.stem + "-live.png")
             page.screenshot(path=str(live), full_page=True)
             browser.close()

@@ -518,8 +518,8 @@ function lineChart(title, xs, series, { height = 170, hline = null } = {}) {
     t.textContent = fmt(y, 2);
     s.append(t, svg("line", { x1: L, y1: py(y), x2: W - R, y2: py(y), stroke: "#eef0f4" }));
   }
-  for (const x of [x0, x1]) {
-    const t = svg("text", { x: px(x), y: H - 6, "text-anchor": "middle", "font-size": 9, fill: "#667085" });
+  for (const [x, anchor] of [[x0, "start"], [x1, "end"]]) {
+    const t = svg("text", { x: px(x), y: H - 6, "text-anchor": anchor, "font-size": 9, fill: "#667085" });
     t.textContent = `step ${x}`;
     s.append(t);
   }
