@@ -124,6 +124,15 @@ def make_app(*, slow_s: float = 2.0, delay_s: float = 0.0, seed: int = 0) -> Fas
     app.state.max_n = 128  # choices per request at most (1: a server without `n`)
     rng = random.Random(seed)
 
+    def http_fault(fault: str) -> JSONResponse:
+        if fault == "429":
+            return JSONResponse(
+                {"error": {"message": "slow down", "type": "rate_limit"}},
+                status_code=429,
+                headers={"retry-after": app.state.retry_after},
+            )
+        return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
+
     @app.post("/v1/chat/completions")
     async def chat(request: Request) -> JSONResponse:
         body = await request.json()
@@ -133,14 +142,8 @@ def make_app(*, slow_s: float = 2.0, delay_s: float = 0.0, seed: int = 0) -> Fas
         fault = app.state.faults.pop(0) if app.state.faults else None
         if fault is None and app.state.storm and rng.random() < app.state.storm:
             fault = rng.choice(FAULTS)
-        if fault == "429":
-            return JSONResponse(
-                {"error": {"message": "slow down", "type": "rate_limit"}},
-                status_code=429,
-                headers={"retry-after": app.state.retry_after},
-            )
-        if fault == "500":
-            return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
+        if fault in ("429", "500"):
+            return http_fault(fault)
         if fault == "401":  # a careless gateway that echoes the key it refused
             key = request.headers.get("authorization", "").removeprefix("Bearer ")
             msg = f"Incorrect API key provided: {key}"
@@ -158,14 +161,8 @@ def make_app(*, slow_s: float = 2.0, delay_s: float = 0.0, seed: int = 0) -> Fas
         body = await request.json()
         app.state.times.append(time.monotonic())
         fault = app.state.faults.pop(0) if app.state.faults else None
-        if fault == "429":
-            return JSONResponse(
-                {"error": {"message": "slow down", "type": "rate_limit"}},
-                status_code=429,
-                headers={"retry-after": app.state.retry_after},
-            )
-        if fault == "500":
-            return JSONResponse({"error": {"message": "boom", "type": "server_error"}}, status_code=500)
+        if fault in ("429", "500"):
+            return http_fault(fault)
         return JSONResponse(text_completion(body, app.state.max_n))
 
     # -- the Batch API: files and batches; a batch is "in_progress" on its first retrieve, then done

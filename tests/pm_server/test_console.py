@@ -114,26 +114,17 @@ def test_scalarize_equals_the_library_and_the_reward_of_score(server):
     assert out.status_code == 200, out.text
     body = out.json()
     assert body["principles"] == names and body["scalarizer"] == "soft_max_min"
-    expected = scalarize(
-        torch.tensor([[s[n] for n in names] for s in scores], dtype=torch.float64),
-        names,
-        name="soft_max_min",
-        weights=spec["weights"],
-        params=spec["params"],
-    ).tolist()
-    assert body["rewards"] == pytest.approx(expected, abs=1e-12)
+
+    def library(spec):
+        table = torch.tensor([[s[n] for n in names] for s in scores], dtype=torch.float64)
+        return scalarize(table, names, name=spec["name"], weights=spec["weights"], params=spec["params"]).tolist()
+
+    assert body["rewards"] == pytest.approx(library(spec), abs=1e-12)
     assert body["rewards"] == pytest.approx([r["reward"] for r in scored["results"]], abs=1e-12)
     # another weight moves the reward the way the library says
     spec["weights"]["harmlessness"] = 3.0
     moved = post(server, "/v1/scalarize", {"scores": scores, "scalarizer": spec}).json()["rewards"]
-    again = scalarize(
-        torch.tensor([[s[n] for n in names] for s in scores], dtype=torch.float64),
-        names,
-        name="soft_max_min",
-        weights=spec["weights"],
-        params=spec["params"],
-    ).tolist()
-    assert moved == pytest.approx(again, abs=1e-12) and moved != pytest.approx(body["rewards"])
+    assert moved == pytest.approx(library(spec), abs=1e-12) and moved != pytest.approx(body["rewards"])
 
 
 @pytest.mark.parametrize(
