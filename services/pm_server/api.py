@@ -351,7 +351,7 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
     @app.get("/v1/runs", dependencies=scoring, tags=["console"])
     async def runs() -> console.RunsResponse:
         """PPO runs in the server's runs directory (MORLAIF_RUNS_DIR)."""
-        return console.list_runs(settings.runs_dir)
+        return await asyncio.to_thread(console.list_runs, settings.runs_dir)
 
     @app.get("/v1/runs/{name}", dependencies=scoring, tags=["console"])
     async def run_curves(name: str) -> console.RunCurves:
