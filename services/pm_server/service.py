@@ -355,7 +355,7 @@ class ScoringService:
             )
         names = list(req.scores[0])
         for i, item in enumerate(req.scores):
-            if list(item) != names and sorted(item) != sorted(names):
+            if set(item) != set(names):
                 raise InvalidRequest(
                     f"has principles {sorted(item)} but scores.0 has {sorted(names)}: every item needs the same",
                     field=f"scores.{i}",

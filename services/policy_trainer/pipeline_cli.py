@@ -10,11 +10,7 @@ from typing import Annotated
 import typer
 
 from morlaif import envvars
-
-
-def _fail(msg: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {msg}", err=True)
-    return typer.Exit(code)
+from policy_trainer.cli import _fail
 
 
 def _prompts(source: str) -> list[str]:

@@ -64,7 +64,7 @@ class LocalGenerator:
 
     def __call__(self, prompts: Sequence[str], k: int) -> list[list[str]]:
         flat = [p for p in prompts for _ in range(k)]
-        cfg = dataclasses.replace(self.cfg, seed=_seed(self.cfg.seed, *prompts), batch_size=max(1, self.cfg.batch_size))
+        cfg = dataclasses.replace(self.cfg, seed=_seed(self.cfg.seed, *prompts))
         out = generate_responses(self.model, self.tokenizer, flat, cfg)
         return [out[i * k : (i + 1) * k] for i in range(len(prompts))]
 

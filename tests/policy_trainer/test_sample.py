@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 from itertools import combinations
 from pathlib import Path
 
@@ -91,7 +92,7 @@ def test_prompt_files_in_all_three_forms(tmp_path):
 def test_bad_prompt_lines_name_file_and_line(tmp_path, line, words):
     f = tmp_path / "bad.jsonl"
     f.write_text(json.dumps({"prompt": "fine"}) + "\n" + json.dumps(line) + "\n")
-    with pytest.raises(PromptDataError, match=rf"bad\.jsonl:2: .*{__import__('re').escape(words)}"):
+    with pytest.raises(PromptDataError, match=rf"bad\.jsonl:2: .*{re.escape(words)}"):
         read_prompts(f)
 
 
