@@ -28,6 +28,7 @@ import platform
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,18 +63,32 @@ WORDS = [
 ]
 
 
-def make_items(n: int, seed: int, tokens: int, group: int = 1) -> list[tuple[str, str]]:
+def make_items(
+    n: int, seed: int, tokens: int, group: int = 1, count: Callable[[str], int] | None = None
+) -> list[tuple[str, str]]:
     """`n` (prompt, response) items, `group` responses per prompt; the response about a quarter of `tokens`,
-    the prompt (cut from the left by the template) the rest."""
+    the prompt (cut from the left by the template) the rest. With `count` (a tokenizer's token count) every
+    response is exactly `tokens // 4` tokens, so the template cuts a group's prompt alike and its responses
+    share the prompt's tokens, as a group's responses do when the prompt fits."""
     g = torch.Generator().manual_seed(seed)
+    want = max(1, tokens // 4)
 
     def text(k: int) -> str:
         return " ".join(WORDS[int(i)] for i in torch.randint(len(WORDS), (k,), generator=g))
 
+    def response() -> str:
+        while True:
+            r = text(want)
+            if count is None or count(r) == want:
+                return r
+            r = " ".join(r.split()[: want - (count(r) - want)])  # words of one token each, mostly
+            if count(r) == want:
+                return r
+
     items = []
     while len(items) < n:
         prompt = text(2 * tokens)
-        items += [(prompt, text(max(1, tokens // 4))) for _ in range(min(group, n - len(items)))]
+        items += [(prompt, response()) for _ in range(min(group, n - len(items)))]
     return items
 
 
@@ -201,7 +216,10 @@ VARIANTS = [
 def run_config(args, base, dev, tokens: int, counts: list[int], names_all: list[str]) -> list[dict]:
     template = InputTemplate(kind=base.default_template.kind, text=base.default_template.text, max_length=tokens)
     enc = TemplateEncoder(base.tokenizer, template)
-    encoded = [enc.encode(p, r) for p, r in make_items(args.items, seed=0, tokens=tokens, group=args.group)]
+    encoded = [
+        enc.encode(p, r)
+        for p, r in make_items(args.items, seed=0, tokens=tokens, group=args.group, count=enc.count_tokens)
+    ]
     assert all(len(e) == tokens for e in encoded), "items must be exactly --tokens long"
     ids = torch.tensor([e.input_ids for e in encoded], device=dev)
     mask = torch.ones_like(ids)
