@@ -79,9 +79,11 @@ def make_items(
     def response() -> str:
         while True:
             r = text(want)
-            if count is None or count(r) == want:
+            if count is None:
                 return r
-            r = " ".join(r.split()[: want - (count(r) - want)])  # words of one token each, mostly
+            extra = count(r) - want
+            if extra > 0:  # the words are one token each, mostly: drop as many words as tokens too many
+                r = " ".join(r.split()[: want - extra])
             if count(r) == want:
                 return r
 
