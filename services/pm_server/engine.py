@@ -176,6 +176,11 @@ class ScoringEngine:
         """`bert` or `llama` when the last layer is computed at the read position only; None otherwise."""
         return self._grouped.readout_kind if self._grouped is not None and self._use_readout else None
 
+    @property
+    def shares_prefixes(self) -> bool:
+        """Whether rows that share a prompt (`Row.prefix`) compute it once per adapter (decoders, grouped path)."""
+        return self._share_prefix and self._grouped is not None and self.base.family == "decoder"
+
     def _regroup(self) -> None:
         """Rebuild the stacked weights after the set of adapters changed (or fall back to PEFT's path),
         then the head-only columns (their hook runs after the grouped head's)."""
