@@ -4,7 +4,8 @@
 #
 #   scripts/layer_split_eval.sh [OUT]        # MiniLM-L6, factuality + helpfulness: ~40 min on a 2-core CPU
 #
-# Env: DATA (default ../shared/data), BASE (default minilm), PRINCIPLES (default "factuality helpfulness"),
+# Env: DATA (default ../shared/data), BASE (default minilm), PRINCIPLES (default "factuality helpfulness"; also
+# harmlessness, sycophancy),
 # SPLITS (name=layers ...; default the three splits of MiniLM's 6 layers), EXTRA (the `pm train` options of
 # scripts/train_default_adapters.sh), MORLAIF (the CLI). Writes OUT/<split>/ (packages), OUT/<split>-eval/
 # (the evaluation) and OUT/summary.json (validation accuracy and loss per principle and split). Packages and
@@ -20,9 +21,15 @@ read -r -a SPLITS <<< "${SPLITS:-upper-third=4,5 upper-half=3,4,5 all=0,1,2,3,4,
 read -r -a EXTRA_ARGS <<< "${EXTRA:---epochs 2 --max-length 128}"
 if [ ! -d "$DATA" ]; then echo "error: $DATA is absent (the preference data beside the project)" >&2; exit 2; fi
 
+# harmlessness trains on the same 60% of HH-RLHF harmless-base as the default adapter (same split, same salt)
+if [[ " ${PRINCIPLES[*]} " == *" harmlessness "* ]]; then
+  $MORLAIF pm split "harmlessness=$DATA/hh-rlhf/harmless-base-dev.jsonl.gz" --out-dir "$OUT/hh" \
+    --parts train=0.6,eval=0.4 --salt hh-default
+fi
 declare -A FILES=(
   [factuality]="$DATA/factuality_truthfulqa.jsonl"
   [helpfulness]="$DATA/helpfulness_pandalm.jsonl $DATA/refusal_xstest.jsonl"
+  [harmlessness]="$DATA/refusal_xstest.jsonl $OUT/hh/train.jsonl"
   [sycophancy]="$DATA/sycophancy_anthropic.jsonl"
 )
 for split in "${SPLITS[@]}"; do
