@@ -187,6 +187,7 @@ class Batcher:
             )
         job = _Job(rows=rows, future=fut, results=[0.0] * len(rows), remaining=len(rows))
         shares_prefixes = bool(getattr(self._engine, "shares_prefixes", False))
+        units = _units(job, self._seq.__next__, shares_prefixes, time.monotonic())  # outside the lock
         with self._cond:
             if not self._running:
                 raise RuntimeError("batcher is not running")
@@ -195,7 +196,7 @@ class Batcher:
                     f"the scoring queue is full ({self._queued_rows} rows waiting); retry later",
                     retry_after_s=max(1.0, self.max_wait_s * 10),
                 )
-            for u in _units(job, self._seq.__next__, shares_prefixes, time.monotonic()):
+            for u in units:
                 self._enqueue(u)
             self._set_queue_gauge()
             self._cond.notify_all()
