@@ -54,8 +54,13 @@ def _load_pairs(data: list[str] | None, store: str | None, judge: str | None, pr
     from pm_server.pairs import PairDataError, file_sha256, parse_spec, read_pairs, store_pairs
 
     pairs, sources = [], []
+    given: dict[tuple[Path, str | None], str] = {}
     for raw in data or []:
         spec = parse_spec(raw)
+        key = (spec.path.resolve(), spec.principle)
+        if key in given:  # its pairs would count twice, in training and in every accuracy
+            raise PairDataError(f"--data {raw} is given twice (first as {given[key]})")
+        given[key] = raw
         got = read_pairs(spec)
         pairs += got
         sources.append(

@@ -300,6 +300,11 @@ def test_eval_errors_are_clear(tmp_path, tiny_encoder_dir):
     res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir), "--validation-only",
                   "--data", str(write_pairs(tmp_path / "p.jsonl", politeness_pairs(20))), check=False)  # fmt: skip
     assert res.returncode == 2 and "records no validation split" in res.stderr
+    data, again = str(tmp_path / "p.jsonl"), str(tmp_path / "sub" / ".." / "p.jsonl")  # one file, two spellings
+    (tmp_path / "sub").mkdir()
+    res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir),
+                  "--data", data, "--data", again, check=False)  # fmt: skip
+    assert res.returncode == 2 and f"--data {again} is given twice (first as {data})" in res.stderr
     assert "Traceback" not in res.stderr
 
 
