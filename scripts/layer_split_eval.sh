@@ -43,7 +43,12 @@ for split in "${SPLITS[@]}"; do
   done
   if [ -f "$OUT/$name-eval/eval.json" ]; then continue; fi
   all_data=()
-  for p in "${PRINCIPLES[@]}"; do for f in ${FILES[$p]}; do all_data+=(--data "$f"); done; done
+  declare -A seen=()
+  for p in "${PRINCIPLES[@]}"; do
+    for f in ${FILES[$p]}; do  # a file two principles share (XSTest) is read once, or its pairs count twice
+      if [ -z "${seen[$f]:-}" ]; then seen[$f]=1; all_data+=(--data "$f"); fi
+    done
+  done
   $MORLAIF pm eval --adapter-root "$OUT/$name" --base "$BASE" --validation-only "${all_data[@]}" \
     --principles "$(IFS=,; echo "${PRINCIPLES[*]}")" --out "$OUT/$name-eval"
 done
