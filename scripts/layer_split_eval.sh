@@ -64,7 +64,7 @@ for split in sys.argv[2:]:
         met = m["metrics"]
         summary.setdefault(m["name"], {})[name] = {
             "layers": layers, "val_accuracy": met["val_accuracy"], "val_accuracy_ci95": met.get("val_accuracy_ci95"),
-            "val_loss": met["val_loss"], "val_pairs": met["val_pairs"], "train_seconds": m["provenance"].get("train_seconds"),
+            "val_loss": met["val_loss"], "val_pairs": met["val_pairs"], "train_seconds": met.get("train_seconds"),
         }
 (out / "summary.json").write_text(json.dumps(summary, indent=2))
 print(f"{'principle':<14}{'split':<13}{'layers':<13}{'val acc':>8}  {'95% CI':<16}{'val loss':>9}{'train s':>9}")
