@@ -9,6 +9,7 @@ cost one forward.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import warnings
 from collections.abc import Sequence
@@ -101,6 +102,9 @@ class ScoringEngine:
         self._head_columns: dict[str, int] = {}  # head-only name -> its logits column (0: the row's own head)
         self._head_hook: torch.utils.hooks.RemovableHandle | None = None
         self._stale: set[str] = set()  # deleted but physically kept: PEFT cannot drop its last adapter
+        # transformers 5.24 renamed a decoder's `past_key_values` argument to `cache` (the old name warns)
+        params = inspect.signature(type(base.model).forward).parameters
+        self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
         self._head_pad_id = getattr(base.model.config, "pad_token_id", None)  # what the head finds rows' ends by
         if num_threads:
@@ -308,7 +312,7 @@ class ScoringEngine:
         cache = DynamicCache(config=self._model.config)
         ro1 = Readout(None, None) if self._use_readout else None
         with grouped.routing(slots1, plan1, ro1):
-            self._model(**b1, past_key_values=cache, use_cache=True)
+            self._model(**b1, **{self._cache_kw: cache}, use_cache=True)
         # 2. the responses, each row's cache gathered from its prompt row
         responses = [Row(r.input_ids[k:], None, r.adapter) for r, k in zip(rows, splits, strict=True)]
         b2 = collate(responses, self._pad_id, device)
@@ -332,7 +336,7 @@ class ScoringEngine:
             ro2 = Readout.for_batch(ids2, mask, "decoder", self._head_pad_id, cached=b1["input_ids"].shape[1])
         with grouped.routing(slots2, plan2, ro2) as shared:
             out = self._model(
-                input_ids=ids2, attention_mask=mask, position_ids=positions, past_key_values=cache, use_cache=True
+                input_ids=ids2, attention_mask=mask, position_ids=positions, **{self._cache_kw: cache}, use_cache=True
             )
         self.last_trunk_layers = shared
         return out.logits  # type: ignore[no-any-return]

@@ -159,7 +159,7 @@ def install_readout(layer: torch.nn.Module, kind: str, current: Callable[[int], 
 
     def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
         ro = current(hidden_states.shape[0])
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # `cache` from transformers 5.24
         if ro is None or hidden_states.dim() != 3:
             return original(hidden_states, *args, **kwargs)
         if kind == "bert":  # called as (hidden, attention mask, encoder hidden states, ...)
