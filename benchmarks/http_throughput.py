@@ -1,7 +1,7 @@
 """End to end over HTTP against the in-process engine: throughput and latency with 1, 8 and 32 clients.
 
 A real `morlaif serve` process (the base with random adapters on the upper third of its layers, in a
-temporary adapter root, the server's default batching settings) is driven by concurrent asyncio clients,
+temporary adapter root, the server's default batching settings and `--dtype`) is driven by concurrent asyncio clients,
 each sending /v1/score requests of `--items` (prompt, response) pairs for every principle, one after the
 other, for `--seconds`. The same requests then go, from as many threads, straight to an in-process
 Batcher over a ScoringEngine with the same adapters and settings (encoding included, HTTP and JSON not).
@@ -114,12 +114,18 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=8, help="items per request")
     ap.add_argument("--seconds", type=float, default=20.0, help="duration of each measurement")
     ap.add_argument("--port", type=int, default=8791)
+    ap.add_argument(
+        "--dtype",
+        default="auto",
+        choices=["auto", "float32", "bfloat16"],
+        help="server and in-process (`serve --dtype`)",
+    )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/http_throughput.json"))
     args = ap.parse_args()
     principles = PRINCIPLES[: args.principles]
     counts = [int(x) for x in args.clients.split(",")]
     batches = [items(args.items, seed=s) for s in range(64)]
-    base = load_base(args.base)
+    base = load_base(args.base)  # float32, as packages are trained
     n_layers = base.model.config.num_hidden_layers
     upper = list(range(n_layers - max(1, n_layers // 3), n_layers))
     settings = ServerSettings(insecure_dev=True)
@@ -128,7 +134,8 @@ def main() -> None:
         root = Path(tmp)
         for i, n in enumerate(principles):
             make_random_package(root, base, n, "v1", seed=i, scale=0.05, layers_to_transform=upper)
-        env = {**os.environ, "MORLAIF_ADAPTER_ROOT": str(root), "MORLAIF_BASE_MODEL": args.base}
+        env = {**os.environ, "MORLAIF_ADAPTER_ROOT": str(root), "MORLAIF_BASE_MODEL": args.base,
+               "MORLAIF_DTYPE": args.dtype}  # fmt: skip
         server = subprocess.Popen(
             [sys.executable, "-m", "morlaif.cli", "serve", "--insecure-dev", "--port", str(args.port),
              "--log-level", "warning"],
@@ -156,7 +163,7 @@ def main() -> None:
             server.terminate()
             server.wait(30)
 
-        engine = ScoringEngine(base)
+        engine = ScoringEngine(load_base(args.base, dtype=args.dtype))
         for n in principles:
             engine.load_adapter(root / n / "v1", n)
         enc = TemplateEncoder(base.tokenizer, base.default_template)
@@ -178,7 +185,8 @@ def main() -> None:
         finally:
             batcher.stop()
 
-    print(f"base={args.base}, {args.principles} principles on the upper third, {args.items} items a request")
+    dtype = str(engine.base.dtype).removeprefix("torch.")
+    print(f"base={args.base} ({dtype}), {args.principles} principles on the upper third, {args.items} items a request")
     print(f"{'clients':>7} {'path':>10} {'scores/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'HTTP/in-process':>15}")
     by = {(r["clients"], r["path"]): r for r in results}
     for c in counts:
@@ -190,7 +198,9 @@ def main() -> None:
                 f"{(f'{ratio:.2f}x' if path == 'http' else ''):>15}"
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"base": args.base, "principles": principles, "results": results}, indent=2))
+    args.out.write_text(
+        json.dumps({"base": args.base, "dtype": dtype, "principles": principles, "results": results}, indent=2)
+    )
     print(f"wrote {args.out}")
 
 

@@ -10,7 +10,10 @@ Both run on the same base model in the same process, on the same items of exactl
   forward of the whole batch;
 * PEFT's own mixed-adapter batch (`adapter_names=` per row), through the same batcher;
 * a bare forward of the base model (no adapters) over the same rows, in micro-batches of the same token
-  budget: what the hardware gives for that many rows, the reference for the others.
+  budget: what the hardware gives for that many rows, the reference for the others;
+* with `--bf16`, our engine (all savings) and the sequential loop again on the base in bfloat16
+  (`morlaif serve --dtype bfloat16`): about 1.8x on a CPU with AVX512-BF16; their scores are compared with
+  float32's (`bf16_max_abs_diff`, and as a share of the scores' spread).
 
 The two must agree on every score (checked) before their times mean anything. Prints a table and writes
 JSON (and nothing else: no timed assertions).
@@ -175,6 +178,11 @@ def main() -> None:
         default="all",
         help="layers the random adapters touch; upper-third lets the engine share the trunk",
     )
+    ap.add_argument(
+        "--bf16",
+        action="store_true",
+        help="also time our engine and the sequential loop with the base in bfloat16 (`serve --dtype bfloat16`)",
+    )
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/score_throughput.json"))
     args = ap.parse_args()
@@ -184,10 +192,11 @@ def main() -> None:
         ap.error(f"at most {len(names_all)} principles")
 
     base = load_base(args.base, device=args.device)
+    base16 = load_base(args.base, device=args.device, dtype="bfloat16") if args.bf16 else None
     dev = base.device
     results = []
     for tokens in [int(x) for x in args.tokens.split(",")]:
-        results += run_config(args, base, dev, tokens, counts, names_all)
+        results += run_config(args, base, base16, dev, tokens, counts, names_all)
     report(args, dev, results)
 
 
@@ -215,7 +224,7 @@ VARIANTS = [
 ]
 
 
-def run_config(args, base, dev, tokens: int, counts: list[int], names_all: list[str]) -> list[dict]:
+def run_config(args, base, base16, dev, tokens: int, counts: list[int], names_all: list[str]) -> list[dict]:
     template = InputTemplate(kind=base.default_template.kind, text=base.default_template.text, max_length=tokens)
     enc = TemplateEncoder(base.tokenizer, template)
     encoded = [
@@ -240,6 +249,8 @@ def run_config(args, base, dev, tokens: int, counts: list[int], names_all: list[
         for k in counts:
             names = names_all[:k]
             engines = {key: ScoringEngine(_copy_base(base), **opts) for key, _, opts in variants}
+            if base16 is not None:
+                engines["ours_bf16"] = ScoringEngine(_copy_base(base16))
             for j, n in enumerate(names):  # internal ids, as the server uses ("bias" is no safe module name)
                 for e in engines.values():
                     e.load_adapter(root / n / "v1", f"pm{j}")
@@ -249,33 +260,42 @@ def run_config(args, base, dev, tokens: int, counts: list[int], names_all: list[
                 for e in encoded
                 for j in range(len(names))
             ]
-            swap = PeftModel.from_pretrained(copy.deepcopy(base.model), str(root / names[0] / "v1"), adapter_name="pm0")
-            for j, n in enumerate(names[1:], start=1):
-                swap.load_adapter(str(root / n / "v1"), adapter_name=f"pm{j}", is_trainable=False)
+            swaps = [swapper(base, root, names)] + ([swapper(base16, root, names)] if base16 is not None else [])
             ids_ = [f"pm{j}" for j in range(len(names))]
             # one long-lived model thread each, as in the server (a new thread per call pays for a new OpenMP team)
             batchers = {key: started_batcher(e, args.max_batch_tokens, len(rows)) for key, e in engines.items()}
             chunk = max(1, args.max_batch_tokens // tokens)
             fns = [lambda b=b, r=rows: ours(b, r) for b in batchers.values()]
-            fns += [
-                lambda m=swap, n=ids_: hotswapper(m, n, ids, mask, types),
-                lambda m=bare, kk=k, c=chunk: bare_forward(m, ids, types, kk, c),
-            ]
+            fns += [lambda m=m, n=ids_: hotswapper(m, n, ids, mask, types) for m in swaps]
+            fns += [lambda m=bare, kk=k, c=chunk: bare_forward(m, ids, types, kk, c)]
             timings = timed(fns, args.repeats)
             for b in batchers.values():
                 b.stop()
-            (t_swap, ref_), (t_bare, _) = timings[-2:]
+            (t_swap, ref_), (t_bare, _) = timings[len(batchers)], timings[-1]
             times = {key: t for key, (t, _) in zip(batchers, timings, strict=False)}
             outs = {key: o for key, (_, o) in zip(batchers, timings, strict=False)}
             got = outs["ours"]
-            ours_by = {n: [got[i * k + j] for i in range(len(encoded))] for j, n in enumerate(names)}
-            max_diff = max(
-                abs(a - b) for j, n in enumerate(names) for a, b in zip(ours_by[n], ref_[f"pm{j}"], strict=True)
-            )
-            for other in outs.values():
-                max_diff = max(max_diff, max(abs(a - b) for a, b in zip(got, other, strict=True)))
+            flat_ref = [ref_[f"pm{j}"][i] for i in range(len(encoded)) for j in range(k)]  # item-major, as ours
+            max_diff = max(abs(a - b) for a, b in zip(got, flat_ref, strict=True))
+            for key, other in outs.items():
+                if key != "ours_bf16":
+                    max_diff = max(max_diff, max(abs(a - b) for a, b in zip(got, other, strict=True)))
             if max_diff > 1e-4:
                 raise SystemExit(f"scores differ by {max_diff:.2e} at {k} principles: not comparable")
+            bf16 = {}
+            if base16 is not None:
+                t_swap16, ref16 = timings[len(batchers) + 1]
+                flat16 = [ref16[f"pm{j}"][i] for i in range(len(encoded)) for j in range(k)]
+                spread = max(flat_ref) - min(flat_ref)
+                diff16 = max(abs(a - b) for a, b in zip([*outs["ours_bf16"], *flat16], flat_ref * 2, strict=True))
+                bf16 = {
+                    "hotswap_bf16_scores_per_s": len(encoded) * k / t_swap16,
+                    "hotswap_bf16_s": t_swap16,
+                    "speedup_bf16": t_swap / times["ours_bf16"],
+                    "speedup_bf16_vs_bf16": t_swap16 / times["ours_bf16"],
+                    "bf16_max_abs_diff": diff16,
+                    "bf16_max_diff_over_spread": diff16 / spread if spread > 0 else None,
+                }
             n_scores = len(encoded) * k
             r = {
                 "base": args.base,
@@ -291,12 +311,21 @@ def run_config(args, base, dev, tokens: int, counts: list[int], names_all: list[
                 "hotswap_s": t_swap,
                 "speedup": t_swap / times["ours"],
                 "max_abs_diff": max_diff,
+                **bf16,
             }
             for key, t in times.items():
                 r[f"{key}_scores_per_s"] = n_scores / t
                 r[f"{key}_s"] = t
             results.append(r)
     return results
+
+
+def swapper(base, root: Path, names: list[str]) -> PeftModel:
+    """MORLAIF's hot-swapper: a private copy of the base with every principle's adapter loaded."""
+    swap = PeftModel.from_pretrained(copy.deepcopy(base.model), str(root / names[0] / "v1"), adapter_name="pm0")
+    for j, n in enumerate(names[1:], start=1):
+        swap.load_adapter(str(root / n / "v1"), adapter_name=f"pm{j}", is_trainable=False)
+    return swap
 
 
 def report(args, dev, results: list[dict]) -> None:
@@ -309,14 +338,24 @@ def report(args, dev, results: list[dict]) -> None:
     keys = [key for key, _, _ in VARIANTS if f"{key}_scores_per_s" in results[0]]
     short = {"ours": "ours", "ours_no_prefix": "no prompt", "ours_trunk_only": "trunk only",
              "ours_unshared": "none", "peft_mixed": "peft-mixed"}  # fmt: skip
+    bf16 = "ours_bf16_scores_per_s" in results[0]
     head = f"{'principles':>10} {'tokens':>6} {'trunk':>5} " + " ".join(f"{short[k]:>10}" for k in keys)
-    print(head + f" {'sequential':>10} {'bare base':>9} {'vs seq':>7}")
+    head += f" {'sequential':>10} {'bare base':>9} {'vs seq':>7}"
+    if bf16:
+        head += f" {'ours bf16':>10} {'seq bf16':>9} {'vs seq':>7} {'bf16 diff':>9}"
+    print(head)
     for r in results:
         cols = " ".join(f"{r[f'{k}_scores_per_s']:>10.1f}" for k in keys)
-        print(
+        line = (
             f"{r['principles']:>10} {r['tokens_per_item']:>6} {r['trunk_layers']:>5} {cols} "
             f"{r['hotswap_scores_per_s']:>10.1f} {r['bare_base_rows_per_s']:>9.1f} {r['speedup']:>6.2f}x"
         )
+        if bf16:  # vs the float32 loop; the diff as a share of the float32 scores' spread
+            line += (
+                f" {r['ours_bf16_scores_per_s']:>10.1f} {r['hotswap_bf16_scores_per_s']:>9.1f}"
+                f" {r['speedup_bf16']:>6.2f}x {r['bf16_max_diff_over_spread'] or 0:>8.1%}"
+            )
+        print(line)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "base": args.base,
@@ -328,6 +367,7 @@ def report(args, dev, results: list[dict]) -> None:
         "processor": platform.processor(),
         "repeats": args.repeats,
         "responses_per_prompt": args.group,
+        "bf16": args.bf16,
     }
     args.out.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
     png = args.out.with_suffix(".png")
@@ -346,6 +386,8 @@ def plot(results: list[dict], path: Path, title: str) -> None:
         ("hotswap_scores_per_s", "sequential set_adapter"),
         ("bare_base_rows_per_s", "bare base forward"),
     ]
+    if "ours_bf16_scores_per_s" in results[0]:
+        methods += [("ours_bf16_scores_per_s", "ours, bfloat16"), ("hotswap_bf16_scores_per_s", "sequential, bfloat16")]
     labels = [f"{r['principles']}p x {r['tokens_per_item']}t" for r in results]
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(results)), 4))
     width = 0.8 / len(methods)

@@ -14,6 +14,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Served scores are compared with in-process float32 scores to 1e-5: servers here compute in float32 unless a
+# test asks for another dtype (MORLAIF_DTYPE=auto serves in bfloat16 on a CPU with AVX512-BF16, as by default).
+os.environ.setdefault("MORLAIF_DTYPE", "float32")
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -152,3 +152,10 @@ def test_serve_rejects_a_bad_scalarizer_file(tmp_path):
     assert r.exit_code == 2 and str(f) in r.output
     r = runner.invoke(app, ["serve", "--insecure-dev", "--scalarizer-file", str(tmp_path / "missing.json")])
     assert r.exit_code == 2 and "missing.json" in r.output and "cannot read" in r.output
+
+
+def test_serve_and_pm_eval_reject_an_unknown_dtype(tmp_path):
+    r = runner.invoke(app, ["serve", "--insecure-dev", "--dtype", "float16"])
+    assert r.exit_code == 2 and "dtype" in r.output and "bfloat16" in r.output
+    r = runner.invoke(app, ["pm", "eval", "--adapter-root", str(tmp_path), "--dtype", "fp8"])
+    assert r.exit_code == 2 and "--dtype 'fp8'" in r.output and "float32, bfloat16, auto" in r.output

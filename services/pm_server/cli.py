@@ -22,6 +22,14 @@ def serve(
             "MORLAIF_ADAPTER_ROOT."
         ),
     ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="auto (default: bfloat16 where the hardware computes it natively, a CPU with AVX512-BF16 or AMX "
+            "or a CUDA GPU, about 1.8x faster with scores within about 1%; float32 elsewhere), float32 (scores "
+            "exactly as trained) or bfloat16. Env: MORLAIF_DTYPE."
+        ),
+    ] = None,
     host: Annotated[str | None, typer.Option(help="Bind address (default 127.0.0.1). Env: MORLAIF_HOST.")] = None,
     port: Annotated[int | None, typer.Option(help="Port (default 8000). Env: MORLAIF_PORT.")] = None,
     rules_file: Annotated[
@@ -62,6 +70,7 @@ def serve(
         k: v
         for k, v in {
             "base_model": base,
+            "dtype": dtype,
             "adapter_root": adapter_root,
             "host": host,
             "port": port,
@@ -93,7 +102,9 @@ def serve(
     from pm_server.modeling import load_base
 
     try:  # before binding the port: a server that cannot load its base should not look alive
-        base_model = load_base(settings.base_model, max_length=settings.max_length, device=settings.device)
+        base_model = load_base(
+            settings.base_model, max_length=settings.max_length, device=settings.device, dtype=settings.dtype
+        )
     except (OSError, ValueError) as e:
         typer.echo(f"error: cannot load base model {settings.base_model!r}: {e}", err=True)
         raise typer.Exit(2) from None

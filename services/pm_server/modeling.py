@@ -24,6 +24,8 @@ __all__ = [
     "load_base",
     "resolve_base_id",
     "resolve_device",
+    "resolve_dtype",
+    "DTYPES",
     "config_hash",
     "score_head",
 ]
@@ -85,6 +87,35 @@ def resolve_device(device: str) -> torch.device:
     return d
 
 
+#: what `dtype=` takes: float32 (exact, as trained), bfloat16, or auto (bfloat16 where the hardware computes it
+#: natively, float32 elsewhere)
+DTYPES = ("float32", "bfloat16", "auto")
+
+
+def cpu_computes_bf16() -> bool:
+    """Whether this CPU has bfloat16 dot-product instructions (AVX512-BF16 or AMX), which oneDNN uses for
+    bfloat16 matmuls; without them bfloat16 is emulated and slower than float32."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    flags = next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), [])
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The torch dtype for `dtype` (one of DTYPES) on `device`."""
+    if dtype == "float32":
+        return torch.float32
+    if dtype == "bfloat16":
+        return torch.bfloat16
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float32
+        return torch.bfloat16 if device.type == "cpu" and cpu_computes_bf16() else torch.float32
+    raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+
+
 def score_head(model: torch.nn.Module) -> torch.nn.Module:
     """The model's score head module (after PEFT injection: the wrapper PEFT put in its place)."""
     from peft import PeftModel
@@ -116,13 +147,22 @@ class BaseModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
 
-def load_base(base: str, *, max_length: int | None = None, seed: int = 0, device: str = "cpu") -> BaseModel:
-    """Load `base` as a sequence-classification model with one output, in eval mode on `device`.
+
+def load_base(
+    base: str, *, max_length: int | None = None, seed: int = 0, device: str = "cpu", dtype: str = "float32"
+) -> BaseModel:
+    """Load `base` as a sequence-classification model with one output, in eval mode on `device`, its weights
+    in `dtype` (see DTYPES; adapters loaded onto it compute in the same dtype).
 
     The score head of a base checkpoint is usually missing and randomly initialised; it is seeded so every
     process that loads the same base gets the same untrained head.
     """
+    target = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, target)
     source = resolve_base_id(base)
     if os.sep in base and not Path(source).exists():
         raise FileNotFoundError(f"base model path {base!r} does not exist")
@@ -144,20 +184,22 @@ def load_base(base: str, *, max_length: int | None = None, seed: int = 0, device
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForSequenceClassification.from_pretrained(source, config=config, dtype=torch.float32)
+            model.to(torch_dtype)  # the head is initialised in float32 first: the same head in every dtype
     finally:
         transformers.utils.logging.set_verbosity(verbosity)
-    model.to(resolve_device(device))
+    model.to(target)
     model.eval()
     limits = [tokenizer.model_max_length, getattr(config, "max_position_embeddings", None), max_length or 512]
     length = min(int(x) for x in limits if isinstance(x, int) and x > 0)
     template = InputTemplate(kind="pair" if family == "encoder" else "text", max_length=length)
     logger.info(
-        "loaded base %s (%s, %s, config %s) on %s",
+        "loaded base %s (%s, %s, config %s) on %s in %s",
         base,
         config.model_type,
         family,
         config_hash(config),
         next(model.parameters()).device,
+        str(torch_dtype).removeprefix("torch."),
     )
     return BaseModel(
         model=model,

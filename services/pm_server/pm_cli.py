@@ -259,6 +259,12 @@ def evaluate(
         "var/eval"
     ),
     device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+    dtype: Annotated[
+        str,
+        typer.Option(
+            help="float32 (scores as trained), bfloat16 or auto: with the server's --dtype, the accuracy it gives."
+        ),
+    ] = "float32",
 ) -> None:
     """Accuracy of each principle's PM (with baselines) and of scalarized PMs on human preferences.
 
@@ -266,6 +272,10 @@ def evaluate(
             --human harmlessness=hh-eval.jsonl --single single_pm --out var/eval
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from pm_server.modeling import DTYPES
+
+    if dtype not in DTYPES:
+        raise _fail(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     from pm_server.eval_report import write_figures, write_markdown
     from pm_server.evaluation import (
         Accuracy,
@@ -294,7 +304,7 @@ def evaluate(
     except PairDataError as e:
         raise _fail(str(e)) from None
     try:
-        b = load_base(base, device=device)
+        b = load_base(base, device=device, dtype=dtype)
     except (OSError, ValueError) as e:
         raise _fail(f"cannot load base model {base!r}: {e}") from None
     scorer = PackageScorer(b, adapter_root)

@@ -82,7 +82,7 @@ class ScoringService:
         """Load the base, the rules and (optionally) every package in the adapter root. Blocking."""
         s = self.settings
         if self._base is None:
-            self._base = load_base(s.base_model, max_length=s.max_length, device=s.device)
+            self._base = load_base(s.base_model, max_length=s.max_length, device=s.device, dtype=s.dtype)
         self.engine = ScoringEngine(self._base, num_threads=s.num_threads)
         self.batcher = Batcher(
             self.engine,
@@ -393,6 +393,7 @@ class ScoringService:
         return PrinciplesResponse(
             base_model=self.base.model_id,
             base_config_hash=self.base.config_hash,
+            dtype=str(self.base.dtype).removeprefix("torch."),
             principles=[e.info for e in self.registry.entries()],
         )
 

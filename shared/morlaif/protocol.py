@@ -241,6 +241,8 @@ class PrincipleInfo(_Model):
 class PrinciplesResponse(_Model):
     base_model: str
     base_config_hash: str
+    #: what the base computes in (`float32`: scores exactly as trained; `bfloat16`: within about 1%)
+    dtype: str = "float32"
     principles: list[PrincipleInfo]
 
 

@@ -494,3 +494,28 @@ def test_a_broken_new_version_is_refused_and_the_old_one_keeps_serving(
         now = post(srv, "/v1/score", body).json()
         assert now["versions"]["helpfulness"] == "v1"
         assert now["results"] == before["results"]
+
+
+def test_default_dtype_serves_bfloat16_where_the_cpu_computes_it(
+    live_server, tiny_encoder_dir, encoder_root, monkeypatch
+):
+    """MORLAIF_DTYPE unset: `auto`, which serves in bfloat16 on a CPU with bfloat16 instructions, says so in
+    /v1/principles, and scores within bfloat16's rounding of a float32 server's."""
+    from pm_server import modeling
+
+    monkeypatch.delenv("MORLAIF_DTYPE")
+    assert ServerSettings(insecure_dev=True).dtype == "auto"
+    monkeypatch.setattr(modeling, "cpu_computes_bf16", lambda: True)
+    fast = start(live_server, tiny_encoder_dir, encoder_root)
+    exact = start(live_server, tiny_encoder_dir, encoder_root, dtype="float32")
+    assert httpx.get(fast.url + "/v1/principles", headers=AUTH).json()["dtype"] == "bfloat16"
+    assert httpx.get(exact.url + "/v1/principles", headers=AUTH).json()["dtype"] == "float32"
+    body = {"items": ITEMS, "principles": LEARNED, "normalize": False}
+    got = [r["raw_scores"] for r in post(fast, "/v1/score", body).json()["results"]]
+    want = [r["raw_scores"] for r in post(exact, "/v1/score", body).json()["results"]]
+    flat_got = [g[p] for g in got for p in LEARNED]
+    flat_want = [w[p] for w in want for p in LEARNED]
+    spread = max(flat_want) - min(flat_want)
+    assert spread > 0.01
+    assert flat_got == pytest.approx(flat_want, abs=0.05 * spread)
+    assert flat_got != pytest.approx(flat_want, abs=1e-7)  # it really computed in bfloat16

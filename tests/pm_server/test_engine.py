@@ -499,3 +499,56 @@ def test_decoder_prompts_computed_once_for_several_responses(upper_third, family
     one = [Row(encoded[0].input_ids, None, "helpfulness", encoded[0].prefix_tokens)]
     fast.score(one)
     assert fast.last_prefix_tokens_saved == 0
+
+
+# ------------------------------------------------------------------------------------------ bfloat16
+def test_bfloat16_engine_keeps_every_saving_and_stays_near_float32(upper_third, family, tmp_path):
+    """`dtype=bfloat16`: adapters, stacked LoRA, shared trunk, read-out, head-only principles and prompt
+    sharing all compute in bfloat16; scores stay within bfloat16's rounding of float32's, and its savings
+    stay as close to its own plain forward."""
+    from pm_server.testing import make_head_package
+
+    base_dir, root, names = upper_third
+    bf = ScoringEngine(load_base(str(base_dir), dtype="bfloat16"))
+    plain = ScoringEngine(load_base(str(base_dir), dtype="bfloat16"), share_trunk=False, readout=False)
+    exact = _engine(base_dir, root, names)
+    make_head_package(tmp_path, exact.base, "concise", seed=5)
+    for e in (bf, plain):
+        assert e.base.dtype == torch.bfloat16
+        for n in names:
+            e.load_adapter(root / n / "v1", n)
+    for e in (bf, plain, exact):
+        e.load_adapter(tmp_path / "concise" / "v1", "concise")
+    assert bf.mixed_path == "grouped"
+    enc = TemplateEncoder(bf.base.tokenizer, bf.base.default_template)
+    rows = _rows(enc, [*names, "concise", BASE_ADAPTER])
+    want = exact.score(rows)
+    got = bf.score(rows)
+    assert bf.last_trunk_layers == 1  # factuality touches layer 1
+    spread = max(want) - min(want)
+    assert spread > 0.05  # the scores differ enough for the comparison to mean something
+    # bfloat16 keeps 8 bits of mantissa: about 0.4% per rounding, a few percent of the spread in all
+    assert got == pytest.approx(want, abs=0.05 * spread)
+    assert got != pytest.approx(want, abs=1e-6)  # it really ran in bfloat16
+    assert got == pytest.approx(plain.score(rows), abs=0.05 * spread)
+    if family == "decoder":  # a group of responses to one prompt shares the prompt's cache in bfloat16 too
+        long_prompt = " ".join(["tell me more about dragons and compilers"] * 6)
+        encs = [enc.encode(long_prompt, r) for r in ("Yes.", "No, never.", "Maybe later today.")]
+        group = [Row(e.input_ids, e.token_type_ids, n, e.prefix_tokens) for e in encs for n in names]
+        shared = bf.score(group)
+        assert bf.last_prefix_tokens_saved > 0
+        assert shared == pytest.approx(exact.score(group), abs=0.05 * spread)
+
+
+def test_dtype_auto_takes_bfloat16_only_where_the_hardware_computes_it(monkeypatch):
+    from pm_server import modeling
+
+    cpu = torch.device("cpu")
+    assert modeling.resolve_dtype("float32", cpu) == torch.float32
+    assert modeling.resolve_dtype("bfloat16", cpu) == torch.bfloat16
+    monkeypatch.setattr(modeling, "cpu_computes_bf16", lambda: False)
+    assert modeling.resolve_dtype("auto", cpu) == torch.float32
+    monkeypatch.setattr(modeling, "cpu_computes_bf16", lambda: True)
+    assert modeling.resolve_dtype("auto", cpu) == torch.bfloat16
+    with pytest.raises(ValueError, match="'float16': expected one of float32, bfloat16, auto"):
+        modeling.resolve_dtype("float16", cpu)
