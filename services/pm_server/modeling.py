@@ -116,6 +116,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     raise ValueError(f"dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
 
 
+def _head_input_in_its_dtype(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    return (args[0].to(module.weight.dtype), *args[1:])
+
+
 def score_head(model: torch.nn.Module) -> torch.nn.Module:
     """The model's score head module (after PEFT injection: the wrapper PEFT put in its place)."""
     from peft import PeftModel
@@ -184,7 +188,13 @@ def load_base(
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = AutoModelForSequenceClassification.from_pretrained(source, config=config, dtype=torch.float32)
-            model.to(torch_dtype)  # the head is initialised in float32 first: the same head in every dtype
+            if torch_dtype != torch.float32:
+                # The head is initialised in float32 first (the same head in every dtype) and stays float32: it
+                # is one dot product per row, and a bfloat16 score would keep 8 bits (4.0, then 4.03125).
+                head = score_head(model)
+                model.to(torch_dtype)
+                head.to(torch.float32)
+                head.register_forward_pre_hook(_head_input_in_its_dtype)
     finally:
         transformers.utils.logging.set_verbosity(verbosity)
     model.to(target)

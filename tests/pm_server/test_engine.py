@@ -530,6 +530,8 @@ def test_bfloat16_engine_keeps_every_saving_and_stays_near_float32(upper_third, 
     # bfloat16 keeps 8 bits of mantissa: about 0.4% per rounding, a few percent of the spread in all
     assert got == pytest.approx(want, abs=0.05 * spread)
     assert got != pytest.approx(want, abs=1e-6)  # it really ran in bfloat16
+    # the score head reads the bfloat16 hidden state in float32: scores keep float32's resolution
+    assert sum(torch.tensor(x).to(torch.bfloat16).item() != x for x in got) > len(got) // 2
     assert got == pytest.approx(plain.score(rows), abs=0.05 * spread)
     if family == "decoder":  # a group of responses to one prompt shares the prompt's cache in bfloat16 too
         long_prompt = " ".join(["tell me more about dragons and compilers"] * 6)
