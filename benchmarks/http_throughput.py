@@ -31,7 +31,7 @@ from score_throughput import WORDS  # the same vocabulary as the engine benchmar
 from pm_server.batcher import Batcher
 from pm_server.config import ServerSettings
 from pm_server.engine import Row, ScoringEngine
-from pm_server.modeling import load_base
+from pm_server.modeling import DTYPES, load_base
 from pm_server.template import TemplateEncoder
 from pm_server.testing import make_random_package
 
@@ -117,7 +117,7 @@ def main() -> None:
     ap.add_argument(
         "--dtype",
         default="auto",
-        choices=["auto", "float32", "bfloat16"],
+        choices=DTYPES,
         help="server and in-process (`serve --dtype`)",
     )
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/http_throughput.json"))

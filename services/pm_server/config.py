@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from pm_server.modeling import EMBEDDED_BASE
+from pm_server.modeling import EMBEDDED_BASE, DType
 
 __all__ = ["ServerSettings", "SettingsError"]
 
@@ -30,7 +30,7 @@ class ServerSettings(BaseSettings):
     rules_file: Path | None = Field(default=None, description="JSON list of rule principles (default: built-in).")
     max_length: int | None = Field(default=None, ge=8, description="Cap on model input tokens (default 512).")
     device: str = Field(default="auto", description="cpu, cuda, cuda:1, ... or auto (CUDA when present).")
-    dtype: Literal["float32", "bfloat16", "auto"] = Field(
+    dtype: DType = Field(
         default="auto",
         description="Weights and activations: auto (bfloat16 where the hardware computes it natively, a CPU with "
         "AVX512-BF16 or AMX or a CUDA GPU with bfloat16, float32 elsewhere), float32 (scores exactly as trained), or "

@@ -8,6 +8,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 import transformers
@@ -26,6 +27,7 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
     "DTYPES",
+    "DType",
     "config_hash",
     "score_head",
 ]
@@ -89,7 +91,8 @@ def resolve_device(device: str) -> torch.device:
 
 #: what `dtype=` takes: float32 (exact, as trained), bfloat16, or auto (bfloat16 where the hardware computes it
 #: natively, float32 elsewhere)
-DTYPES = ("float32", "bfloat16", "auto")
+DType = Literal["float32", "bfloat16", "auto"]
+DTYPES: tuple[str, ...] = get_args(DType)
 
 
 def cpu_computes_bf16() -> bool:
