@@ -22,10 +22,13 @@ from morlaif import __version__
 from morlaif.errors import MorlaifError, ScalarizeError
 from morlaif.protocol import (
     AdapterAction,
+    ClassifyRequest,
+    ClassifyResponse,
     CompareRequest,
     CompareResponse,
     ErrorResponse,
     LoadAdapterRequest,
+    ModelList,
     OpenRLHFRewardRequest,
     OpenRLHFRewardResponse,
     PrinciplesResponse,
@@ -63,6 +66,9 @@ def _error(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> JSONResponse:
+    # an error never fails to encode: text the client sent with lone surrogates is escaped, not echoed raw
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
+    param = None if param is None else param.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"message": message, "type": type_, "code": code, "param": param}}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -145,6 +151,12 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
     load_error: list[str] = []
 
     def _load() -> None:
+        if settings.trusted_networks:
+            logger.warning(
+                "scoring without a key from the trusted networks %s (MORLAIF_TRUSTED_NETWORKS); admin routes still "
+                "need the admin key",
+                ", ".join(settings.trusted_networks),
+            )
         try:
             service.start()
             auth = "" if settings.api_key is None else ' -H "Authorization: Bearer $MORLAIF_API_KEY"'
@@ -196,6 +208,8 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
     def require_key(request: Request) -> None:
         if settings.insecure_dev and settings.api_key is None:
             return
+        if settings.trusted_networks and settings.trusts(request.client.host if request.client else None):
+            return  # an operator-trusted network (for trainers that cannot send a key); admin routes stay keyed
         if not _key_matches(request, settings.api_key, settings.admin_key):
             raise AuthError("missing or invalid API key (Authorization: Bearer <key>)")
 
@@ -248,7 +262,7 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
                 code="malformed_json",
             )
         service.metrics.failures.labels(reason="invalid_request").inc()
-        msg = str(first.get("msg", "invalid value"))
+        msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
         return _error(
             422,
             f"{param}: {msg}" if param else msg,
@@ -307,6 +321,18 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
     async def get_reward(req: OpenRLHFRewardRequest, svc: Service, request: Request) -> OpenRLHFRewardResponse:
         """OpenRLHF's remote reward model contract, scalarized with the server's default scalarizer."""
         return await _unless_disconnected(request, svc.get_reward(req))  # type: ignore[no-any-return]
+
+    @app.post("/classify", dependencies=scoring, tags=["vllm"])
+    @timed("classify")
+    async def classify(req: ClassifyRequest, svc: Service, request: Request) -> ClassifyResponse:
+        """vLLM's classification route for clients of reward models served by vLLM (veRL's discriminative reward
+        model): `model` is a principle, or `reward` (default) for the default scalarized reward."""
+        return await _unless_disconnected(request, svc.classify(req))  # type: ignore[no-any-return]
+
+    @app.get("/v1/models", dependencies=scoring, tags=["vllm"])
+    async def models(svc: Service) -> ModelList:
+        """vLLM's model list: `reward` (the default scalarized reward) and every served principle."""
+        return svc.models()
 
     @app.get("/v1/principles", dependencies=scoring, tags=["scoring"])
     async def principles(svc: Service) -> PrinciplesResponse:

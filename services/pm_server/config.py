@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pm_server.modeling import EMBEDDED_BASE, DType
 
@@ -45,7 +46,21 @@ class ServerSettings(BaseSettings):
     api_key: SecretStr | None = Field(default=None, description="Bearer key for scoring endpoints.")
     admin_key: SecretStr | None = Field(default=None, description="Bearer key for /v1/adapters (admin).")
     insecure_dev: bool = Field(
-        default=False, description="Allow running without keys (local development only; never on a network)."
+        default=False,
+        description="Allow running without keys: local development only, so refused unless `host` is a loopback "
+        "address.",
+    )
+    trusted_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Client networks (CIDR, e.g. 10.0.0.0/8) whose requests score without a key: for trainers "
+        "that cannot send one (OpenRLHF's --reward.remote_url). Admin routes always need the admin key. The "
+        "client address is the TCP peer's (a proxy's X-Forwarded-For is not trusted). Logged at start.",
+    )
+    policy_template: str = Field(
+        default="auto",
+        description="How /get_reward and /classify read a policy's chat template: auto (recognise chatml, llama3, "
+        "gemma, deepseek, mistral, phi3 by their markers), none (plain text, split from the prompt), or one of those "
+        "names.",
     )
     max_request_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     max_items: int = Field(default=512, ge=1, description="Most items in one /v1/score request.")
@@ -98,8 +113,55 @@ class ServerSettings(BaseSettings):
             self.default_scalarizer_params = dict(spec.params)
         return self
 
+    @field_validator("trusted_networks", mode="before")
+    @classmethod
+    def _networks_from_text(cls, v: Any) -> Any:
+        if isinstance(v, str):  # MORLAIF_TRUSTED_NETWORKS=10.0.0.0/8,192.168.1.0/24 (or a JSON list)
+            v = v.strip()
+            if v.startswith("["):
+                import json
+
+                return json.loads(v)
+            return [x.strip() for x in v.split(",") if x.strip()]
+        return v
+
+    @field_validator("trusted_networks")
+    @classmethod
+    def _valid_networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError as e:
+                raise ValueError(f"{net!r} is not a network (CIDR such as 10.0.0.0/8): {e}") from None
+        return v
+
+    @field_validator("policy_template")
+    @classmethod
+    def _known_template(cls, v: str) -> str:
+        from morlaif.chat_templates import TEMPLATES
+
+        if v not in ("auto", "none") and v not in TEMPLATES:
+            raise ValueError(f"unknown chat template {v!r}; known: auto, none, {', '.join(TEMPLATES)}")
+        return v
+
+    def trusts(self, client_host: str | None) -> bool:
+        """True when `client_host` (an IP address) is in one of `trusted_networks`."""
+        if not self.trusted_networks or not client_host:
+            return False
+        try:
+            addr = ipaddress.ip_address(client_host)
+        except ValueError:
+            return False
+        return any(addr in ipaddress.ip_network(n, strict=False) for n in self.trusted_networks)
+
     @model_validator(mode="after")
     def _secure(self) -> ServerSettings:
+        if self.insecure_dev and (self.api_key is None or self.admin_key is None) and not _is_loopback(self.host):
+            raise SettingsError(
+                f"--insecure-dev (MORLAIF_INSECURE_DEV) runs without keys and is for loopback only, but host is "
+                f"{self.host!r}: set MORLAIF_API_KEY and MORLAIF_ADMIN_KEY to serve on a network (and "
+                "MORLAIF_TRUSTED_NETWORKS for trainers that cannot send a key)"
+            )
         if not self.insecure_dev:
             missing = [
                 n
@@ -118,3 +180,12 @@ class ServerSettings(BaseSettings):
             if self.api_key.get_secret_value() == self.admin_key.get_secret_value():
                 raise SettingsError("MORLAIF_API_KEY and MORLAIF_ADMIN_KEY must differ")
         return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -13,6 +13,7 @@ __all__ = [
     "Overloaded",
     "TooLarge",
     "Unavailable",
+    "ModelFailure",
 ]
 
 
@@ -66,3 +67,11 @@ class Unavailable(ServiceError):
     status = 503
     type = "server_error"
     code = "not_ready"
+
+
+class ModelFailure(ServiceError):
+    """The model gave a non-finite score: answered as an error, never as a reward."""
+
+    status = 500
+    type = "server_error"
+    code = "non_finite_score"

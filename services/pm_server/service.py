@@ -16,17 +16,26 @@ import anyio
 import torch
 from pydantic import ValidationError
 
+from morlaif.chat_templates import QueryParser
+from morlaif.conversation import Conversation
 from morlaif.protocol import (
     AdapterAction,
+    ClassifyData,
+    ClassifyRequest,
+    ClassifyResponse,
     CompareRequest,
     CompareResponse,
     ItemScores,
+    Limits,
     LoadAdapterRequest,
+    ModelCard,
+    ModelList,
     OpenRLHFRewardRequest,
     OpenRLHFRewardResponse,
     Pairwise,
     PrincipleInfo,
     PrinciplesResponse,
+    QueryInfo,
     ScalarizeRequest,
     ScalarizeResponse,
     ScalarizerSpec,
@@ -34,12 +43,13 @@ from morlaif.protocol import (
     ScoreRequest,
     ScoreResponse,
     Usage,
+    replace_invalid_text,
 )
 from morlaif.scalarize import scalarize
 from pm_server.batcher import Batcher
 from pm_server.config import ServerSettings
 from pm_server.engine import BASE_ADAPTER, Row, ScoringEngine
-from pm_server.errors import InvalidRequest, NotFound, Unavailable, VersionConflict
+from pm_server.errors import InvalidRequest, ModelFailure, NotFound, TooLarge, Unavailable, VersionConflict
 from pm_server.metrics import Metrics
 from pm_server.modeling import BaseModel, load_base, resolve_base_id
 from pm_server.package import (
@@ -54,7 +64,10 @@ from pm_server.registry import Entry, Registry
 from pm_server.rules import DEFAULT_RULES, LengthRule, RegexRule, load_rules
 from pm_server.template import Encoded, InputTemplate, TemplateEncoder
 
-__all__ = ["ScoringService"]
+__all__ = ["REWARD_MODEL", "ScoringService"]
+
+#: the model name of the default scalarized reward on vLLM-style routes (/classify, /v1/models)
+REWARD_MODEL = "reward"
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +89,7 @@ class ScoringService:
         self.engine: ScoringEngine | None = None
         self.batcher: Batcher | None = None
         self.registry = Registry(on_retired=self._delete_retired)
+        self.query_parser = QueryParser(settings.policy_template)
 
     # ----------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -170,22 +184,27 @@ class ScoringService:
             self.batcher.call(lambda: engine.delete_adapter(adapter_id))
 
     # --------------------------------------------------------------------------------------- score
-    def _check_items(self, items: Sequence[ScoreItem], field: str = "items") -> list[tuple[str, str]]:
+    def _check_items(self, items: Sequence[ScoreItem], field: str = "items") -> list[Conversation]:
         if len(items) > self.settings.max_items:
-            raise InvalidRequest(f"at most {self.settings.max_items} items per request, got {len(items)}", field=field)
-        pairs = []
+            raise TooLarge(
+                f"at most {self.settings.max_items} items per request, got {len(items)}; split the batch "
+                "(morlaif.client does, by the limits /v1/principles gives)",
+                field=field,
+                code="too_many_items",
+            )
+        conversations = []
         limit = self.settings.max_text_chars
         for i, item in enumerate(items):
             # An empty response is scored, not refused: an RL policy that stops at once must still get a reward.
-            prompt, response = item.as_pair()
-            for name, text in (("prompt", prompt), ("response", response)):
+            conv = item.conversation()
+            for name, text in zip(("prompt", "response"), conv.pair(), strict=True):
                 if len(text) > limit:
                     raise InvalidRequest(
                         f"{name} has {len(text)} characters; the limit is {limit}",
                         field=f"{field}[{i}].{name}",
                     )
-            pairs.append((prompt, response))
-        return pairs
+            conversations.append(conv)
+        return conversations
 
     def _choose_principles(self, principles: list[str] | None, scalarizer: ScalarizerSpec | None) -> list[str]:
         if principles is not None:
@@ -204,23 +223,44 @@ class ScoringService:
     async def score(self, req: ScoreRequest) -> ScoreResponse:
         if not self.ready:
             raise Unavailable("the server is still loading")
-        pairs = self._check_items(req.items)
-        names = self._choose_principles(req.principles, req.scalarizer)
-        if req.scalarizer is not None:  # fail on bad weights or params before spending compute
+        conversations = self._check_items(req.items)
+        return await self._score(
+            conversations, req.principles, req.scalarizer, req.normalize, req.expected_versions, chunk=len(req.items)
+        )
+
+    async def _score(
+        self,
+        conversations: Sequence[Conversation],
+        principles: list[str] | None,
+        scalarizer: ScalarizerSpec | None,
+        normalize: bool,
+        expected_versions: dict[str, str] | None,
+        *,
+        chunk: int,
+    ) -> ScoreResponse:
+        """Score `conversations` in chunks of `chunk` items, every chunk on the same adapter versions."""
+        names = self._choose_principles(principles, scalarizer)
+        if scalarizer is not None:  # fail on bad weights or params before spending compute
             scalarize(
                 torch.zeros(1, len(names)),
                 names,
-                name=req.scalarizer.name,
-                weights=req.scalarizer.weights,
-                params=req.scalarizer.params,
+                name=scalarizer.name,
+                weights=scalarizer.weights,
+                params=scalarizer.params,
             )
+        pairs = [c.pair() for c in conversations]
         entries = self.registry.acquire(names)
+        raw: list[list[float]] = []
+        encoded: list[Encoded] = []
         try:
-            self._check_versions(entries, req.expected_versions)
-            raw, encoded = await self._raw_scores(entries, pairs)
+            self._check_versions(entries, expected_versions)
+            for start in range(0, len(pairs), max(1, chunk)):
+                r, e = await self._raw_scores(entries, pairs[start : start + chunk])
+                raw += r
+                encoded += e
         finally:
             self.registry.release(entries)
-        return self._assemble(entries, raw, encoded, req.normalize, req.scalarizer)
+        return self._assemble(entries, raw, encoded, normalize, scalarizer, [c.dropped_parts for c in conversations])
 
     @staticmethod
     def _check_versions(entries: Sequence[Entry], expected: dict[str, str] | None) -> None:
@@ -285,9 +325,14 @@ class ScoringService:
         encoded: list[Encoded],
         normalize: bool,
         scalarizer: ScalarizerSpec | None,
+        dropped: Sequence[int],
     ) -> ScoreResponse:
         names = [e.name for e in entries]
         raw_t = torch.tensor(raw, dtype=torch.float64).reshape(len(raw), len(names))  # (N, P)
+        bad = (~torch.isfinite(raw_t)).nonzero()
+        if len(bad):  # never answer a score (or a reward made of it) that is NaN or infinite
+            i, j = bad[0].tolist()
+            raise ModelFailure(f"{names[j]} gave a non-finite score ({raw_t[i, j].item()}) for item {i}")
         if normalize:
             mean = torch.tensor([e.calibration.mean for e in entries], dtype=torch.float64)
             std = torch.tensor([e.calibration.std for e in entries], dtype=torch.float64)
@@ -311,6 +356,7 @@ class ScoringService:
                 reward=None if rewards is None else rewards[i],
                 tokens=len(encoded[i]),
                 truncated=encoded[i].truncated,
+                dropped_parts=dropped[i],
             )
             for i in range(len(raw))
         ]
@@ -365,35 +411,105 @@ class ScoringService:
         rewards = scalarize(values, names, name=spec.name, weights=spec.weights, params=spec.params)
         return ScalarizeResponse(principles=names, rewards=rewards.tolist(), scalarizer=spec.name)
 
+    def _default_spec(self) -> ScalarizerSpec:
+        s = self.settings
+        return ScalarizerSpec(name=s.default_scalarizer, weights=s.default_weights, params=s.default_scalarizer_params)
+
+    def _read_queries(
+        self, queries: Sequence[str], prompts: Sequence[str] | None
+    ) -> tuple[list[Conversation], list[QueryInfo]]:
+        """Each policy-decoded query as the conversation it encodes (chat template, end strings, prompt split)."""
+        conversations, info = [], []
+        for i, raw_query in enumerate(queries):
+            query, replaced = replace_invalid_text(raw_query)
+            prompt = None if prompts is None else replace_invalid_text(prompts[i])[0]
+            parsed = self.query_parser.parse(query, prompt)
+            conversations.append(parsed.conversation)
+            info.append(
+                QueryInfo(
+                    template=parsed.template, split=parsed.split, stripped=parsed.stripped, replaced_text=replaced
+                )
+            )
+        return conversations, info
+
     async def get_reward(self, req: OpenRLHFRewardRequest) -> OpenRLHFRewardResponse:
-        """OpenRLHF's remote reward model: `query` is prompt + response; `prompts` the prompts."""
+        """OpenRLHF's remote reward model: `query` is the policy's decoded prompt + response; `prompts` the prompts.
+
+        Any number of queries (OpenRLHF 0.6-0.9 post a whole rollout): they are scored in chunks of `max_items`
+        on one set of adapter versions. No query fails the batch: see `QueryParser.parse`.
+        """
+        if not self.ready:
+            raise Unavailable("the server is still loading")
         if req.prompts is not None and len(req.prompts) != len(req.query):
             raise InvalidRequest(
                 f"prompts has {len(req.prompts)} entries but query has {len(req.query)}", field="prompts"
             )
-        items = []
-        for i, q in enumerate(req.query):
-            prompt = req.prompts[i] if req.prompts is not None else ""
-            if not q.startswith(prompt):
-                raise InvalidRequest("query must start with its prompt (prompt + response)", field=f"query[{i}]")
-            items.append(ScoreItem(prompt=prompt, response=q[len(prompt) :]))
-        s = self.settings
-        spec = ScalarizerSpec(name=s.default_scalarizer, weights=s.default_weights, params=s.default_scalarizer_params)
-        res = await self.score(ScoreRequest(items=items, scalarizer=spec, principles=None))
-        rewards = [r.reward for r in res.results]
-        assert all(r is not None for r in rewards)
+        if not req.query:
+            return OpenRLHFRewardResponse(rewards=[], scores=[], extra_logs={}, info=[])
+        conversations, info = await anyio.to_thread.run_sync(self._read_queries, req.query, req.prompts)
+        res = await self._score(conversations, None, self._default_spec(), True, None, chunk=self.settings.max_items)
+        rewards = [float(r.reward) for r in res.results if r.reward is not None]
+        assert len(rewards) == len(conversations)
         return OpenRLHFRewardResponse(
-            rewards=rewards,  # type: ignore[arg-type]
-            scores=rewards,  # type: ignore[arg-type]
+            rewards=rewards,
+            scores=[_sigmoid(r) for r in rewards],
             extra_logs={n: [r.scores[n] for r in res.results] for n in res.principles},
+            info=info,
         )
+
+    # ------------------------------------------------------------------------------ vLLM compatibility
+    def models(self) -> ModelList:
+        """vLLM's /v1/models: the default reward (`reward`) and every served principle, each a `model`."""
+        cards = [ModelCard(id=REWARD_MODEL, root=self.base.model_id)]
+        cards += [ModelCard(id=n, root=self.base.model_id) for n in self.registry.names()]
+        return ModelList(data=cards)
+
+    async def classify(self, req: ClassifyRequest) -> ClassifyResponse:
+        """vLLM's /classify for a reward model: `model` is a principle, or `reward` (or omitted) for the default
+        scalarized reward; each input is one text, in a chat template or not (read as /get_reward reads a query)."""
+        if not self.ready:
+            raise Unavailable("the server is still loading")
+        texts = [req.input] if isinstance(req.input, str) else list(req.input)
+        if len(texts) > self.settings.max_items:
+            raise TooLarge(
+                f"at most {self.settings.max_items} inputs per request, got {len(texts)}",
+                field="input",
+                code="too_many_items",
+            )
+        model = req.model or REWARD_MODEL
+        if model == REWARD_MODEL:
+            principles, spec = None, self._default_spec()
+        elif model in self.registry.names():
+            principles, spec = [model], None
+        else:
+            raise NotFound(
+                f"no model {model!r}: serving {REWARD_MODEL!r} (the default reward) and the principles "
+                f"{', '.join(self.registry.names())}",
+                field="model",
+                code="model_not_found",
+            )
+        conversations, _ = await anyio.to_thread.run_sync(self._read_queries, texts, None)
+        res = await self._score(conversations, principles, spec, True, None, chunk=self.settings.max_items)
+        values = [r.reward if spec is not None else r.scores[model] for r in res.results]
+        data = [
+            ClassifyData(index=i, label=model, probs=[float(v)], num_classes=1)  # type: ignore[arg-type]
+            for i, v in enumerate(values)
+        ]
+        n_tokens = res.usage.input_tokens
+        return ClassifyResponse(model=model, data=data, usage={"prompt_tokens": n_tokens, "total_tokens": n_tokens})
 
     # ---------------------------------------------------------------------------------- principles
     def principles(self) -> PrinciplesResponse:
+        s = self.settings
+        dtype = str(self.base.dtype).removeprefix("torch.")
         return PrinciplesResponse(
             base_model=self.base.model_id,
             base_config_hash=self.base.config_hash,
-            dtype=str(self.base.dtype).removeprefix("torch."),
+            dtype=dtype,
+            batch_invariant=dtype == "float32",
+            limits=Limits(
+                max_items=s.max_items, max_request_bytes=s.max_request_bytes, max_text_chars=s.max_text_chars
+            ),
             principles=[e.info for e in self.registry.entries()],
         )
 

@@ -6,17 +6,29 @@ Every error the server returns has the shape of `ErrorResponse`:
 
 from __future__ import annotations
 
+import re
+import time
+import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from morlaif.conversation import Conversation, MessageError, from_messages
 from morlaif.principles import PRINCIPLE_NAME_RE
 
 __all__ = [
     "AdapterAction",
     "Calibration",
     "ChatMessage",
+    "ClassifyData",
+    "ClassifyRequest",
+    "ClassifyResponse",
+    "ContentPart",
+    "Limits",
+    "ModelCard",
+    "ModelList",
+    "QueryInfo",
     "CompareRequest",
     "CompareResponse",
     "ErrorDetail",
@@ -36,10 +48,65 @@ __all__ = [
     "ScoreItem",
     "ScoreRequest",
     "ScoreResponse",
+    "Text",
+    "ToolCall",
     "Usage",
+    "invalid_text",
+    "replace_invalid_text",
 ]
 
 _PRINCIPLE_PATTERN = PRINCIPLE_NAME_RE.pattern
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def invalid_text(text: str) -> str | None:
+    """Why `text` cannot be scored (a lone UTF-16 surrogate, which JSON's ``"\\ud800"`` can carry but no
+    UTF-8 text can), or None when it is valid Unicode text."""
+    m = _SURROGATE.search(text)
+    if m is None:
+        return None
+    return (
+        f"contains a lone UTF-16 surrogate (U+{ord(m.group()):04X}) at character {m.start()}, which is not valid "
+        "Unicode text; send it as valid UTF-8 (e.g. replaced by U+FFFD)"
+    )
+
+
+def replace_invalid_text(text: str) -> tuple[str, bool]:
+    """`text` with every lone surrogate replaced by U+FFFD, and whether any was (what /get_reward does)."""
+    out, n = _SURROGATE.subn("\ufffd", text)
+    return out, n > 0
+
+
+def _valid_text(text: str) -> str:
+    why = invalid_text(text)
+    if why is not None:
+        raise ValueError(why)
+    return text
+
+
+def _check_deep(value: Any) -> Any:
+    """Every string in a JSON value (keys too) is valid text; the message says where the bad one is."""
+
+    def walk(v: Any, where: str) -> None:
+        if isinstance(v, str):
+            why = invalid_text(v)
+            if why is not None:
+                raise ValueError(f"{where}: {why}" if where else why)
+        elif isinstance(v, dict):
+            for k, x in v.items():
+                walk(k, f"{where}.{k!r}" if where else repr(k))
+                walk(x, f"{where}.{k}" if where else str(k))
+        elif isinstance(v, list | tuple):
+            for i, x in enumerate(v):
+                walk(x, f"{where}[{i}]")
+
+    walk(value, "")
+    return value
+
+
+#: a string field of a request: valid Unicode text, else a 422 naming the field
+Text = Annotated[str, AfterValidator(_valid_text)]
+_JsonText = AfterValidator(_check_deep)
 _VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
 
 
@@ -62,18 +129,54 @@ class ErrorResponse(_Model):
 
 
 # ------------------------------------------------------------------------------------------------ score
-class ChatMessage(_Model):
-    role: Literal["system", "user", "assistant"]
-    content: str
+class ContentPart(BaseModel):
+    """One part of a message's content: ``{"type": "text", "text": ...}`` is scored; other types (``image_url``,
+    ``input_audio``, ``file``) cannot be by a text model: they are dropped and counted (`ItemScores.dropped_parts`)."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Text
+    text: Text | None = None
+
+
+class ToolFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: Text
+    arguments: Annotated[str | dict[str, Any] | None, _JsonText] = None
+
+
+class ToolCall(BaseModel):
+    """An assistant's tool call, as in OpenAI's Chat Completions; rendered ``Tool call: name(arguments)``."""
+
+    model_config = ConfigDict(extra="allow")
+    id: Text | None = None
+    type: Text = "function"
+    function: ToolFunction
+
+
+class ChatMessage(BaseModel):
+    """An OpenAI-style chat message. Other fields OpenAI defines (``name``, ``tool_call_id``, ``refusal``) are
+    accepted and not scored; how a conversation is rendered for the model: `morlaif.conversation`."""
+
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: Text | list[ContentPart] | None = None
+    tool_calls: list[ToolCall] | None = None
+
+    @model_validator(mode="after")
+    def _extra_text(self) -> ChatMessage:
+        _check_deep(self.model_extra or {})
+        return self
 
 
 class ScoreItem(_Model):
     """One (prompt, response) pair, given as two strings or as chat messages ending with the assistant's turn."""
 
-    prompt: str | None = Field(default=None, description="The conversation so far (plain text).")
-    response: str | None = Field(default=None, description="The assistant response to score.")
+    prompt: Text | None = Field(default=None, description="The conversation so far (plain text).")
+    response: Text | None = Field(default=None, description="The assistant response to score.")
     messages: list[ChatMessage] | None = Field(
-        default=None, description="Alternative to prompt/response: the last message is the response to score."
+        default=None,
+        description="Alternative to prompt/response: OpenAI-style chat messages (system, developer, user, assistant, "
+        "tool; content as a string or typed parts; tool calls); the last message is the assistant response to score.",
     )
 
     @model_validator(mode="after")
@@ -81,40 +184,47 @@ class ScoreItem(_Model):
         if self.messages is not None:
             if self.prompt is not None or self.response is not None:
                 raise ValueError("give either prompt and response, or messages, not both")
-            if not self.messages:
-                raise ValueError("messages must not be empty")
-            if self.messages[-1].role != "assistant":
-                raise ValueError("the last message must be the assistant response to score (role 'assistant')")
+            try:
+                self.conversation()
+            except MessageError as e:
+                raise ValueError(str(e)) from None
         elif self.prompt is None or self.response is None:
             raise ValueError("give prompt and response (or messages)")
         return self
 
+    def conversation(self) -> Conversation:
+        """The item as a `Conversation` (a prompt/response pair is one user turn and the response)."""
+        if self.messages is None:
+            assert self.prompt is not None and self.response is not None
+            from morlaif.conversation import Turn
+
+            return Conversation((Turn("user", self.prompt),), self.response)
+        return from_messages(self.messages)
+
     def as_pair(self) -> tuple[str, str]:
-        """(prompt text, response text); earlier turns of a chat are rendered as an HH-RLHF transcript."""
+        """(prompt text, response text), rendered by `morlaif.conversation.render_pair`."""
         if self.messages is None:
             assert self.prompt is not None and self.response is not None
             return self.prompt, self.response
-        *history, last = self.messages
-        if len(history) == 1 and history[0].role == "user":
-            return history[0].content, last.content
-        names = {"system": "System", "user": "Human", "assistant": "Assistant"}
-        return "".join(f"\n\n{names[m.role]}: {m.content}" for m in history).strip(), last.content
+        return self.conversation().pair()
 
 
 class ScalarizerSpec(_Model):
     """Which scalarizer turns per-principle scores into one reward (see `morlaif.scalarize`)."""
 
-    name: str = Field(
+    name: Text = Field(
         default="linear",
         description="linear, max_min, soft_max_min, uncertainty_weighted, "
         "lower_quantile, median, bernoulli_nash, lexicographic, chebyshev, ...",
     )
-    weights: dict[str, float] | None = Field(
+    weights: dict[Text, float] | None = Field(
         default=None,
         description="A weight >= 0 for every scored principle (0 removes it); omitted: all 1. When the request "
         "names no principles, these keys choose them.",
     )
-    params: dict[str, Any] = Field(default_factory=dict, description="Scalarizer parameters, e.g. temperature.")
+    params: Annotated[dict[str, Any], _JsonText] = Field(
+        default_factory=dict, description="Scalarizer parameters, e.g. temperature."
+    )
 
     @classmethod
     def from_file(cls, path: str | Path) -> ScalarizerSpec:
@@ -132,13 +242,13 @@ class ScalarizerSpec(_Model):
 
 class ScoreRequest(_Model):
     items: list[ScoreItem] = Field(min_length=1, description="The (prompt, response) pairs to score.")
-    principles: list[str] | None = Field(
+    principles: list[Text] | None = Field(
         default=None,
         description="Principles to score (default: the scalarizer's weights' keys, else all loaded).",
     )
     scalarizer: ScalarizerSpec | None = Field(default=None, description="Ask for a scalarized reward per item.")
     normalize: bool = Field(default=True, description="Standardise scores by each package's calibration.")
-    expected_versions: dict[str, str] | None = Field(
+    expected_versions: dict[Text, Text] | None = Field(
         default=None,
         description="principle -> adapter version this request must be scored with; 409 if one is not loaded.",
     )
@@ -150,6 +260,9 @@ class ItemScores(_Model):
     reward: float | None = Field(default=None, description="The scalarized reward, when a scalarizer was given.")
     tokens: int = Field(description="Model input tokens of this item (after truncation).")
     truncated: bool = Field(description="True when the input was cut to the model's max length.")
+    dropped_parts: int = Field(
+        default=0, description="Content parts of `messages` a text model cannot score (images, audio), left out."
+    )
 
 
 class Usage(_Model):
@@ -169,7 +282,7 @@ class ScoreResponse(_Model):
 class ScalarizeRequest(_Model):
     """Scores already computed (e.g. by /v1/score) scalarized again, with other weights or another scalarizer."""
 
-    scores: list[dict[str, float]] = Field(
+    scores: list[dict[Text, float]] = Field(
         min_length=1,
         description="Per item: principle -> score, every item with the same principles (the `scores` of "
         "/v1/score's results).",
@@ -196,13 +309,13 @@ class ScalarizersResponse(_Model):
 
 
 class CompareRequest(_Model):
-    prompt: str
-    response_a: str
-    response_b: str
-    principles: list[str] | None = None
+    prompt: Text
+    response_a: Text
+    response_b: Text
+    principles: list[Text] | None = None
     scalarizer: ScalarizerSpec | None = None
     normalize: bool = True
-    expected_versions: dict[str, str] | None = None
+    expected_versions: dict[Text, Text] | None = None
 
 
 class Pairwise(_Model):
@@ -238,11 +351,26 @@ class PrincipleInfo(_Model):
     path: str | None = Field(default=None, description="Package path relative to the adapter root.")
 
 
+class Limits(_Model):
+    """What one request may hold; `morlaif.client` splits larger batches by these."""
+
+    max_items: int = Field(description="Most items in one /v1/score request (413 beyond; /get_reward takes any).")
+    max_request_bytes: int = Field(description="Largest request body (413 beyond).")
+    max_text_chars: int = Field(description="Longest prompt or response, in characters (400 beyond).")
+
+
 class PrinciplesResponse(_Model):
     base_model: str
     base_config_hash: str
     #: what the base computes in (`float32`: scores exactly as trained; `bfloat16`: within about 1%)
     dtype: str = "float32"
+    batch_invariant: bool = Field(
+        default=True,
+        description="True when an item's scores do not depend on what else shares its micro-batch (float32: to "
+        "about 1e-6). False in bfloat16, where they move by up to about 1e-2 raw (serve --dtype float32 for "
+        "batch-invariant scores).",
+    )
+    limits: Limits | None = None
     principles: list[PrincipleInfo]
 
 
@@ -266,14 +394,75 @@ class AdapterAction(_Model):
 
 # -------------------------------------------------------------------------------- OpenRLHF compatibility
 class OpenRLHFRewardRequest(BaseModel):
-    """OpenRLHF's remote reward model contract: full texts in `query`, their prompts in `prompts`."""
+    """OpenRLHF's remote reward model contract: full texts in `query`, their prompts in `prompts`.
+
+    OpenRLHF 0.10-0.11 post one sample per request, 0.6-0.9 a whole rollout batch: any number of queries is
+    taken (an empty list gives empty lists). Other fields (`labels`, ...) are accepted and not used. Text is
+    never refused here: lone surrogates become U+FFFD (`QueryInfo.replaced_text`).
+    """
 
     model_config = ConfigDict(extra="allow")
-    query: list[str] = Field(min_length=1)
-    prompts: list[str] | None = None
+    query: list[str] = Field(description="The policy's decoded sequences: prompt (in its chat template) + response.")
+    prompts: list[str] | None = Field(default=None, description="The prompts the queries start with.")
+
+
+class QueryInfo(_Model):
+    """How one /get_reward query was read (see `morlaif.chat_templates.Parsed`)."""
+
+    template: str | None = Field(description="The chat template recognised in the query (chatml, llama3, ...).")
+    split: str = Field(description="template, prefix, fuzzy, unmatched or no_prompt: how the response was found.")
+    stripped: int = Field(description="End-of-turn, EOS and padding strings removed from the end of the response.")
+    replaced_text: bool = Field(default=False, description="Lone surrogates in the query were replaced by U+FFFD.")
 
 
 class OpenRLHFRewardResponse(_Model):
-    rewards: list[float]
-    scores: list[float]
-    extra_logs: dict[str, list[float]] = Field(default_factory=dict)
+    rewards: list[float] = Field(description="The scalarized reward per query (the server's default scalarizer).")
+    scores: list[float] = Field(
+        description="sigmoid(reward), in (0, 1): what OpenRLHF's dynamic filtering reads (its default range is 0-1)."
+    )
+    extra_logs: dict[str, list[float]] = Field(
+        default_factory=dict, description="Per principle, its normalised score per query (OpenRLHF logs them)."
+    )
+    info: list[QueryInfo] = Field(default_factory=list, description="Per query, how it was read.")
+
+
+# ------------------------------------------------------------------------------------ vLLM compatibility
+class ClassifyRequest(BaseModel):
+    """vLLM's ``POST /classify`` request: `model` is a principle, or ``reward`` (the default, also when omitted)
+    for the server's default scalarized reward; each input is one text (prompt and response, in a chat template
+    or not). vLLM's other fields (``truncate_prompt_tokens``, ``priority``, ...) are accepted and not used."""
+
+    model_config = ConfigDict(extra="allow")
+    model: Text | None = None
+    input: Text | list[Text] = Field(description="One text or a list of texts.")
+
+
+class ClassifyData(_Model):
+    index: int
+    label: str = Field(description="The model (principle or `reward`) that gave the value.")
+    probs: list[float] = Field(description="One value: the reward (or the principle's normalised score).")
+    num_classes: int = 1
+    object: Literal["classify"] = "classify"
+
+
+class ClassifyResponse(_Model):
+    id: str = Field(default_factory=lambda: f"classify-{uuid.uuid4().hex}")
+    object: Literal["list"] = "list"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    model: str
+    data: list[ClassifyData]
+    usage: dict[str, int] = Field(description="prompt_tokens and total_tokens, as vLLM counts them.")
+
+
+class ModelCard(_Model):
+    id: str
+    object: Literal["model"] = "model"
+    created: int = Field(default_factory=lambda: int(time.time()))
+    owned_by: str = "morlaif"
+    root: str | None = None
+    parent: str | None = None
+
+
+class ModelList(_Model):
+    object: Literal["list"] = "list"
+    data: list[ModelCard]

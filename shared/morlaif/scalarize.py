@@ -140,7 +140,12 @@ def scalarize(
     weights: Mapping[str, float] | None = None,
     params: Mapping[str, Any] | None = None,
 ) -> torch.Tensor:
-    """One reward per sample: `scores` is (B, P) with columns in the order of `principles`; returns (B,)."""
+    """One reward per sample: `scores` is (B, P) with columns in the order of `principles`; returns (B,).
+
+    Raises `ScalarizeError` (naming the field) on an unknown scalarizer or parameter, bad weights, non-finite
+    scores, and when finite scores and parameters still give a non-finite reward (overflow): a reward is never
+    NaN or infinite.
+    """
     info = SCALARIZERS.get(name)
     if info is None:
         raise ScalarizeError(f"unknown scalarizer {name!r}; known: {', '.join(SCALARIZERS)}", field="scalarizer.name")
@@ -164,8 +169,17 @@ def scalarize(
         )
     active = w > 0
     names = [p for p, a in zip(principles, active.tolist(), strict=True) if a]
-    out = info.fn(r[:, active], w[active], names, **given)  # (B,)
-    return out.to(scores.dtype if scores.is_floating_point() else torch.float32)
+    out = info.fn(r[:, active], w[active], names, **given).to(  # (B,)
+        scores.dtype if scores.is_floating_point() else torch.float32
+    )
+    bad = (~torch.isfinite(out)).nonzero()
+    if len(bad):  # finite inputs and parameters can still overflow (weights 1e308, a temperature of 1e-320)
+        raise ScalarizeError(
+            f"{name!r} gives a non-finite reward ({out[bad[0, 0]].item()}) for item {bad[0, 0].item()} of "
+            f"{len(out)}: its weights or parameters overflow; use smaller weights or saner parameters",
+            field="scalarizer",
+        )
+    return out
 
 
 def _dist(w: torch.Tensor) -> torch.Tensor:
