@@ -56,6 +56,16 @@ class ServerSettings(BaseSettings):
         "that cannot send one (OpenRLHF's --reward.remote_url). Admin routes always need the admin key. The "
         "client address is the TCP peer's (a proxy's X-Forwarded-For is not trusted). Logged at start.",
     )
+    served_model_name: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="More names (comma-separated) under which /classify and /v1/models serve the default reward, as "
+        "vLLM's --served-model-name: e.g. the reward model path a veRL config posts as `model`.",
+    )
+    get_reward_extra_logs: bool = Field(
+        default=True,
+        description="Send per-principle scores as /get_reward's extra_logs (OpenRLHF 0.9+ logs them; 0.8.x cannot "
+        "take them over HTTP: set false for it).",
+    )
     policy_template: str = Field(
         default="auto",
         description="How /get_reward and /classify read a policy's chat template: auto (recognise chatml, llama3, "
@@ -113,7 +123,7 @@ class ServerSettings(BaseSettings):
             self.default_scalarizer_params = dict(spec.params)
         return self
 
-    @field_validator("trusted_networks", mode="before")
+    @field_validator("trusted_networks", "served_model_name", mode="before")
     @classmethod
     def _networks_from_text(cls, v: Any) -> Any:
         if isinstance(v, str):  # MORLAIF_TRUSTED_NETWORKS=10.0.0.0/8,192.168.1.0/24 (or a JSON list)

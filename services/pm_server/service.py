@@ -17,7 +17,7 @@ import torch
 from pydantic import ValidationError
 
 from morlaif.chat_templates import QueryParser
-from morlaif.conversation import Conversation
+from morlaif.conversation import Conversation, from_messages
 from morlaif.protocol import (
     AdapterAction,
     ClassifyData,
@@ -453,50 +453,60 @@ class ScoringService:
         return OpenRLHFRewardResponse(
             rewards=rewards,
             scores=[_sigmoid(r) for r in rewards],
-            extra_logs={n: [r.scores[n] for r in res.results] for n in res.principles},
+            extra_logs={n: [r.scores[n] for r in res.results] for n in res.principles}
+            if self.settings.get_reward_extra_logs
+            else {},
             info=info,
         )
 
     # ------------------------------------------------------------------------------ vLLM compatibility
     def models(self) -> ModelList:
-        """vLLM's /v1/models: the default reward (`reward`) and every served principle, each a `model`."""
-        cards = [ModelCard(id=REWARD_MODEL, root=self.base.model_id)]
-        cards += [ModelCard(id=n, root=self.base.model_id) for n in self.registry.names()]
-        return ModelList(data=cards)
+        """vLLM's /v1/models: the default reward (`reward` and any served_model_name) and every served principle."""
+        names = [REWARD_MODEL, *self.settings.served_model_name, *self.registry.names()]
+        return ModelList(data=[ModelCard(id=n, root=self.base.model_id) for n in dict.fromkeys(names)])
 
     async def classify(self, req: ClassifyRequest) -> ClassifyResponse:
-        """vLLM's /classify for a reward model: `model` is a principle, or `reward` (or omitted) for the default
-        scalarized reward; each input is one text, in a chat template or not (read as /get_reward reads a query)."""
+        """vLLM's /classify for a reward model: `model` is a principle, or `reward` (or a served_model_name, or
+        omitted) for the default scalarized reward. Each input is one text, read as /get_reward reads a query
+        (chat template, end strings); `messages` is one conversation. `probs` holds one value per input:
+        sigmoid(value) unless `use_activation` is false (then the reward or normalised score itself)."""
         if not self.ready:
             raise Unavailable("the server is still loading")
-        texts = [req.input] if isinstance(req.input, str) else list(req.input)
-        if len(texts) > self.settings.max_items:
-            raise TooLarge(
-                f"at most {self.settings.max_items} inputs per request, got {len(texts)}",
-                field="input",
-                code="too_many_items",
-            )
         model = req.model or REWARD_MODEL
-        if model == REWARD_MODEL:
+        if model == REWARD_MODEL or model in self.settings.served_model_name:
             principles, spec = None, self._default_spec()
         elif model in self.registry.names():
             principles, spec = [model], None
         else:
             raise NotFound(
-                f"no model {model!r}: serving {REWARD_MODEL!r} (the default reward) and the principles "
-                f"{', '.join(self.registry.names())}",
+                f"no model {model!r}: serving {REWARD_MODEL!r} (the default reward; more names with "
+                f"MORLAIF_SERVED_MODEL_NAME) and the principles {', '.join(self.registry.names())}",
                 field="model",
                 code="model_not_found",
             )
-        conversations, _ = await anyio.to_thread.run_sync(self._read_queries, texts, None)
+        if req.messages is not None:
+            conversations = [from_messages(req.messages)]
+        else:
+            texts = [req.input] if isinstance(req.input, str) else list(req.input or [])
+            if len(texts) > self.settings.max_items:
+                raise TooLarge(
+                    f"at most {self.settings.max_items} inputs per request, got {len(texts)}",
+                    field="input",
+                    code="too_many_items",
+                )
+            conversations, _ = await anyio.to_thread.run_sync(self._read_queries, texts, None)
+        if not conversations:
+            return ClassifyResponse(model=model, data=[], usage={"prompt_tokens": 0, "total_tokens": 0})
         res = await self._score(conversations, principles, spec, True, None, chunk=self.settings.max_items)
-        values = [r.reward if spec is not None else r.scores[model] for r in res.results]
-        data = [
-            ClassifyData(index=i, label=model, probs=[float(v)], num_classes=1)  # type: ignore[arg-type]
-            for i, v in enumerate(values)
-        ]
+        values = [float(r.reward if spec is not None else r.scores[model]) for r in res.results]  # type: ignore[arg-type]
+        if req.use_activation is not False:
+            values = [_sigmoid(v) for v in values]
         n_tokens = res.usage.input_tokens
-        return ClassifyResponse(model=model, data=data, usage={"prompt_tokens": n_tokens, "total_tokens": n_tokens})
+        return ClassifyResponse(
+            model=model,
+            data=[ClassifyData(index=i, label=model, probs=[v], num_classes=1) for i, v in enumerate(values)],
+            usage={"prompt_tokens": n_tokens, "total_tokens": n_tokens, "completion_tokens": 0},
+        )
 
     # ---------------------------------------------------------------------------------- principles
     def principles(self) -> PrinciplesResponse:

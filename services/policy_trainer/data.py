@@ -16,17 +16,15 @@ on); the policy sees it through its chat template when it has one (`render`).
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from morlaif.conversation import hh_messages
 from morlaif.jsonl import JsonlError, iter_objects
 from morlaif.store.importers import split_hh
 
 __all__ = ["PromptDataError", "read_prompts", "split_prompts", "render", "hh_messages", "messages_to_transcript"]
-
-_TURN = re.compile(r"\n\n(Human|Assistant):")
 
 
 class PromptDataError(JsonlError):
@@ -94,16 +92,6 @@ def split_prompts(prompts: Sequence[str], eval_fraction: float, *, salt: str) ->
     for p in prompts:
         (held if _bucket(p, salt) < eval_fraction else train).append(p)
     return train, held
-
-
-def hh_messages(prompt: str) -> list[dict[str, str]] | None:
-    """An HH transcript (``\\n\\nHuman: ...\\n\\nAssistant:``) as chat messages; None when it is not one."""
-    text = prompt if prompt.startswith("\n\n") else "\n\n" + prompt
-    parts = _TURN.split(text)
-    if len(parts) < 3 or parts[0].strip() or parts[-2] != "Assistant" or parts[-1].strip():
-        return None
-    roles = {"Human": "user", "Assistant": "assistant"}
-    return [{"role": roles[r], "content": c.strip()} for r, c in zip(parts[1:-2:2], parts[2:-2:2], strict=True)]
 
 
 def render(prompt: str, tokenizer: Any, *, chat_template: bool) -> str:

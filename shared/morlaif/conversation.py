@@ -23,11 +23,21 @@ The rendering (documented in docs/integrations.md):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ROLE_NAMES", "TEXT_PART_TYPES", "Conversation", "MessageError", "Turn", "from_messages", "render_pair"]
+__all__ = [
+    "ROLE_NAMES",
+    "TEXT_PART_TYPES",
+    "Conversation",
+    "MessageError",
+    "Turn",
+    "from_messages",
+    "hh_messages",
+    "render_pair",
+]
 
 #: how each role is named in a rendered transcript
 ROLE_NAMES = {"system": "System", "developer": "System", "user": "Human", "assistant": "Assistant", "tool": "Tool"}
@@ -151,3 +161,17 @@ def from_messages(messages: Sequence[Any], *, field: str = "messages", response_
             field=f"{field}[{len(turns) - 1}].role",
         )
     return Conversation(tuple(turns[:-1]), turns[-1].text, dropped)
+
+
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def hh_messages(prompt: str) -> list[dict[str, str]] | None:
+    """An HH-RLHF transcript prompt (``\\n\\nHuman: ...\\n\\nAssistant:``) as chat messages; None when it is
+    not one."""
+    text = prompt if prompt.startswith("\n\n") else "\n\n" + prompt
+    parts = _HH_TURN.split(text)
+    if len(parts) < 3 or parts[0].strip() or parts[-2] != "Assistant" or parts[-1].strip():
+        return None
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[r], "content": c.strip()} for r, c in zip(parts[1:-2:2], parts[2:-2:2], strict=True)]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 __all__ = [
     "API_KEY",
+    "URL",
+    "SCALARIZER_FILE",
     "ADMIN_KEY",
     "JUDGE_API_KEY",
     "OPENAI_API_KEY",
@@ -19,6 +21,8 @@ __all__ = [
 ]
 
 API_KEY = "MORLAIF_API_KEY"
+URL = "MORLAIF_URL"  # also read as a CLI option's envvar (morlaif score, eval)
+SCALARIZER_FILE = "MORLAIF_SCALARIZER_FILE"  # the server's setting; the veRL integration reads it too
 ADMIN_KEY = "MORLAIF_ADMIN_KEY"
 JUDGE_API_KEY = "MORLAIF_JUDGE_API_KEY"
 OPENAI_API_KEY = "OPENAI_API_KEY"
@@ -28,6 +32,7 @@ SAMPLE_BASE_URL = "MORLAIF_SAMPLE_BASE_URL"  # read as a CLI option's envvar (mo
 
 DIRECT: dict[str, str] = {
     API_KEY: "the PM server's scoring key, as clients (morlaif score, ppo train, RemoteReward) send it",
+    URL: "the PM server's URL, as the trainer integrations (OpenRLHF file mode, veRL) and `morlaif score` read it",
     ADMIN_KEY: "the PM server's admin key, as `morlaif pm` admin commands send it",
     JUDGE_API_KEY: "the judge endpoint's key (feedback workers, eval winrate)",
     OPENAI_API_KEY: "fallback for MORLAIF_JUDGE_API_KEY",

@@ -27,14 +27,25 @@ class ClientError(MorlaifError):
     """Base class of the errors `morlaif.client` raises."""
 
 
-class APIStatusError(ClientError):
-    """The server answered with a 4xx or 5xx that retrying will not (or did not) fix."""
+class InvalidInputError(ClientError, ValueError):
+    """Input the client will not send: text that is not valid Unicode (a lone surrogate), a malformed item.
 
-    def __init__(self, message: str, *, status_code: int, error_type: str = "", code: str = "") -> None:
-        super().__init__(message)
+    `field` names it as the server would (``items[3].response``), so no request is made for it.
+    """
+
+
+class APIStatusError(ClientError):
+    """The server answered with a 4xx or 5xx that retrying will not (or did not) fix; `param` is the request
+    field the server named (or None)."""
+
+    def __init__(
+        self, message: str, *, status_code: int, error_type: str = "", code: str = "", param: str | None = None
+    ) -> None:
+        super().__init__(message, field=param)
         self.status_code = status_code
         self.error_type = error_type
         self.code = code
+        self.param = param
 
     def __str__(self) -> str:
         return f"HTTP {self.status_code} ({self.error_type or 'error'}): {self.message}"

@@ -434,7 +434,26 @@ class ClassifyRequest(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     model: Text | None = None
-    input: Text | list[Text] = Field(description="One text or a list of texts.")
+    input: Text | list[Text] | None = Field(default=None, description="One text or a list of texts.")
+    messages: list[ChatMessage] | None = Field(
+        default=None, description="vLLM's chat form: one conversation, the last message the response to score."
+    )
+    use_activation: bool | None = Field(
+        default=None,
+        description="As vLLM: true or omitted gives sigmoid(value) in (0, 1), false the value itself (veRL sends "
+        "false and reads the raw reward).",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ClassifyRequest:
+        if (self.input is None) == (self.messages is None):
+            raise ValueError("give input (one text or a list) or messages, not both")
+        if self.messages is not None:
+            try:
+                from_messages(self.messages)
+            except MessageError as e:
+                raise ValueError(str(e)) from None
+        return self
 
 
 class ClassifyData(_Model):
