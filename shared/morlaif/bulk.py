@@ -3,6 +3,10 @@
 Each output line is the input record plus `scores` (per principle), `reward` (when a scalarizer is
 given) and `versions`. Resumable: records whose `id` (or line number, without ids) is already in the
 output are skipped, and every finished batch is flushed, so an interrupted run loses at most one batch.
+
+A record that cannot be scored (a line that is not JSON, a missing field, text that is not valid Unicode) does
+not stop the others: it is written to ``<output>.rejected.jsonl`` with its line and the reason, and
+`score_file` returns it, so the command can name each one (``file:line: reason``) and exit non-zero.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from morlaif.client import MorlaifClient
-from morlaif.jsonl import JsonlError, iter_objects
+from morlaif.jsonl import JsonlError, open_text
 from morlaif.protocol import ScalarizerSpec, ScoreItem, ScoreRequest
 
-__all__ = ["InputError", "read_records", "score_file"]
+__all__ = ["InputError", "Rejected", "read_records", "rejected_path", "score_file"]
 
 
 class InputError(JsonlError):
@@ -33,26 +39,60 @@ class _Record:
     item: ScoreItem
 
 
-def read_records(path: Path) -> Iterator[_Record]:
-    """Records with `prompt` and `response` (or `messages`, or an HH transcript pair: its chosen response); a
-    `JsonlError` naming file:line otherwise."""
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A record that cannot be scored: where it is and why (`message` starts with ``file:line:``)."""
+
+    line: int
+    message: str
+    raw: str
+
+
+def rejected_path(out: Path) -> Path:
+    """Where `score_file` writes the records it cannot score: ``<output>.rejected.jsonl``."""
+    return out.with_name(out.name + ".rejected.jsonl")
+
+
+def _record(path: Path, n: int, data: dict[str, Any]) -> _Record:
     from morlaif.store.importers import split_hh
 
-    for n, data in iter_objects(path):
-        fields = {k: data[k] for k in ("prompt", "response", "messages") if k in data}
-        if not fields and isinstance(data.get("chosen"), str) and isinstance(data.get("rejected"), str):
-            parts = split_hh(data["chosen"], data["rejected"])  # an HH transcript: its chosen response
-            if parts is None:
-                raise InputError(f"{path}:{n}: chosen and rejected share no prompt ending in 'Assistant:'")
-            fields = {"prompt": parts[0], "response": parts[1].strip()}
-            data = {**data, **fields}
-        try:
-            item = ScoreItem.model_validate(fields)
-        except Exception as e:
-            msg = e.errors()[0]["msg"] if hasattr(e, "errors") else str(e)
-            raise InputError(f"{path}:{n}: {msg}") from e
-        key = str(data["id"]) if "id" in data else f"line:{n}"
-        yield _Record(key=key, line=n, data=data, item=item)
+    fields = {k: data[k] for k in ("prompt", "response", "messages") if k in data}
+    if not fields and isinstance(data.get("chosen"), str) and isinstance(data.get("rejected"), str):
+        parts = split_hh(data["chosen"], data["rejected"])  # an HH transcript: its chosen response
+        if parts is None:
+            raise InputError(f"{path}:{n}: chosen and rejected share no prompt ending in 'Assistant:'")
+        fields = {"prompt": parts[0], "response": parts[1].strip()}
+        data = {**data, **fields}
+    try:
+        item = ScoreItem.model_validate(fields)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(x) for x in first.get("loc", ()))
+        msg = str(first["msg"]).removeprefix("Value error, ")
+        raise InputError(f"{path}:{n}: {loc + ': ' if loc else ''}{msg}") from e
+    key = str(data["id"]) if "id" in data else f"line:{n}"
+    return _Record(key=key, line=n, data=data, item=item)
+
+
+def read_records(path: Path) -> Iterator[_Record | Rejected]:
+    """Records with `prompt` and `response` (or `messages`, or an HH transcript pair: its chosen response), and
+    a `Rejected` (naming file:line and the reason) for each line that is not one. An unreadable file raises."""
+    with open_text(path) as f:
+        for n, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                data = json.loads(line)
+            except json.JSONDecodeError as e:
+                yield Rejected(n, f"{path}:{n}: invalid JSON: {e.msg}", line.rstrip("\n"))
+                continue
+            if not isinstance(data, dict):
+                yield Rejected(n, f"{path}:{n}: expected a JSON object, got {type(data).__name__}", line.rstrip("\n"))
+                continue
+            try:
+                yield _record(path, n, data)
+            except InputError as e:
+                yield Rejected(n, str(e), line.rstrip("\n"))
 
 
 def _done_keys(out: Path) -> set[str]:
@@ -87,11 +127,25 @@ def score_file(
     normalize: bool = True,
     batch_size: int = 64,
     progress: bool = True,
-) -> tuple[int, int]:
-    """Score `src` into `out`; returns (records scored now, records skipped as already done)."""
+) -> tuple[int, int, list[Rejected]]:
+    """Score `src` into `out`; returns (records scored now, records skipped as already done, records rejected).
+
+    The rejected ones are written to `rejected_path(out)` (replaced on every run), one JSON object each:
+    ``{"line", "error", "raw"}``; every other record is scored.
+    """
     from tqdm import tqdm
 
-    records = list(read_records(src))  # validate the whole file before the first request
+    records: list[_Record] = []
+    rejected: list[Rejected] = []
+    for r in read_records(src):  # read (and check) the whole file before the first request
+        (rejected if isinstance(r, Rejected) else records).append(r)  # type: ignore[arg-type]
+    bad_file = rejected_path(out)
+    if rejected:
+        with bad_file.open("w", encoding="utf-8") as f:
+            for r in rejected:
+                f.write(json.dumps({"line": r.line, "error": r.message, "raw": r.raw}) + "\n")
+    elif bad_file.exists():
+        bad_file.unlink()
     done = _done_keys(out)
     todo = [r for r in records if r.key not in done]
     spec = None
@@ -131,4 +185,4 @@ def score_file(
             os.fsync(f.fileno())
             scored += len(chunk)
             bar.update(len(chunk))
-    return scored, len(records) - len(todo)
+    return scored, len(records) - len(todo), rejected

@@ -253,8 +253,8 @@ class QueryParser:
             turns = [(r, t) for r, t in TEMPLATES[name].parse(text) if r in _KNOWN_ROLES]
             if turns and turns[-1][0] == "assistant":
                 history = tuple(Turn(r, self._clean(t)) for r, t in turns[:-1])
-                response, n = _strip_end(turns[-1][1], self.end_strings)
-                return Parsed(Conversation(history, response), name, "template", n)
+                response = self._clean(turns[-1][1])
+                return Parsed(Conversation(history, response), name, "template", _strip_end(text, self.end_strings)[1])
         # no template: split the text from its prompt
         if prompt is None:
             response, n = _strip_end(query, self.end_strings)

@@ -80,7 +80,9 @@ def score(
     """Bulk-score a JSONL file through a running PM server, with a progress bar; rerun to resume.
 
     Records are {"prompt", "response"}, chat "messages", or HH-RLHF transcripts {"chosen", "rejected"} (the
-    chosen response is scored). The API key comes from MORLAIF_API_KEY. Examples:
+    chosen response is scored). A record that cannot be scored (not JSON, a missing field, text that is not
+    valid Unicode) is named (file:line), written to OUTPUT.rejected.jsonl, and the others are scored; the
+    exit status is then 2. The API key comes from MORLAIF_API_KEY. Examples:
 
         morlaif score pairs.jsonl scored.jsonl --scalarizer soft_max_min --weights '{"helpfulness": 1}'
         morlaif score dialogues.jsonl scored.jsonl --condition conditioned.jsonl   # then: morlaif sft conditioned.jsonl
@@ -105,7 +107,7 @@ def score(
     names = [x.strip() for x in principles.split(",") if x.strip()] if principles else None
     try:
         with MorlaifClient(url, api_key=os.environ.get(envvars.API_KEY)) as client:
-            scored, skipped = score_file(
+            scored, skipped, rejected = score_file(
                 client,
                 input,
                 output,
@@ -123,6 +125,17 @@ def score(
         typer.echo(f"error: the PM server at {url} refused or failed: {e}", err=True)
         raise typer.Exit(1) from None
     typer.echo(f"scored {scored} records ({skipped} already in {output})", err=True)
+    if rejected:
+        from morlaif.bulk import rejected_path
+
+        for r in rejected[:20]:
+            typer.echo(f"error: {r.message}", err=True)
+        more = f" ({len(rejected) - 20} more not shown)" if len(rejected) > 20 else ""
+        typer.echo(
+            f"error: {len(rejected)} records could not be scored{more}; they are in {rejected_path(output)}",
+            err=True,
+        )
+        raise typer.Exit(2)
     if condition is not None:
         from policy_trainer.conditioning import scaling_path, write_conditioning
 

@@ -10,14 +10,15 @@ from typing import IO, Any
 
 from morlaif.errors import MorlaifError
 
-__all__ = ["JsonlError", "iter_objects"]
+__all__ = ["JsonlError", "iter_objects", "open_text"]
 
 
 class JsonlError(MorlaifError):
     """A bad input line; the message starts with `file:line:`."""
 
 
-def _open(path: Path) -> IO[str]:
+def open_text(path: Path) -> IO[str]:
+    """A .jsonl (or .jsonl.gz) file opened for reading text."""
     if path.suffix == ".gz":
         return gzip.open(path, "rt", encoding="utf-8")
     return path.open(encoding="utf-8")
@@ -25,7 +26,7 @@ def _open(path: Path) -> IO[str]:
 
 def iter_objects(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     """(line number, object) for every non-blank line of a .jsonl (or .jsonl.gz) file."""
-    with _open(path) as f:
+    with open_text(path) as f:
         for n, line in enumerate(f, start=1):
             if not line.strip():
                 continue

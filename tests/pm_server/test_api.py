@@ -146,8 +146,16 @@ def test_openrlhf_get_reward(server):
         },
     ).json()
     assert rewards == pytest.approx([x["reward"] for x in direct["results"]])
-    bad = post(server, "/get_reward", {"query": ["something else"], "prompts": ["Human: hi"]})
-    assert bad.status_code == 400 and error_of(bad)["param"] == "query[0]"
+    assert [i["split"] for i in r.json()["info"]] == ["prefix", "prefix"]
+    # a query that does not contain its prompt is still scored (the whole query as the response), and says so
+    other = post(server, "/get_reward", {"query": ["something else"], "prompts": ["Human: hi"]})
+    assert other.status_code == 200 and other.json()["info"][0]["split"] == "unmatched"
+    alone = post(server, "/v1/score", {"items": [{"prompt": "Human: hi", "response": "something else"}],
+                                       "scalarizer": {"name": "linear"}}).json()  # fmt: skip
+    assert other.json()["rewards"] == pytest.approx([alone["results"][0]["reward"]])
+    # mismatched lengths are still the request's error, naming the field
+    bad = post(server, "/get_reward", {"query": ["a", "b"], "prompts": ["a"]})
+    assert bad.status_code == 400 and error_of(bad)["param"] == "prompts"
 
 
 def test_auth(server):
@@ -195,7 +203,7 @@ def test_refuses_to_start_without_keys(tiny_encoder_dir):
         ({"items": []}, 422, "invalid_request", "items"),
         ({"items": [{"prompt": "p"}]}, 422, "invalid_request", "items.0"),
         ({"items": [{"prompt": "p", "response": "r" * 70000}]}, 400, "invalid_request", "items[0].response"),
-        ({"items": [{"prompt": "p", "response": "r"}] * 600}, 400, "invalid_request", "items"),
+        ({"items": [{"prompt": "p", "response": "r"}] * 600}, 413, "too_many_items", "items"),
         (
             {"items": ITEMS, "expected_versions": {"helpfulness": "v0"}},
             409,
