@@ -73,6 +73,14 @@ def _error(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "constrained-str"})
+
+
+def _is_union_tag(x: object) -> bool:
+    """A loc part that names no field: a union member pydantic tried (`str`, `list[...]`)."""
+    return isinstance(x, str) and (x in _TYPE_TAGS or "[" in x)
+
+
 class BodyLimit:
     """Refuse request bodies over `limit` bytes with 413 before anything parses them."""
 
@@ -250,8 +258,18 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-        first = e.errors()[0] if e.errors() else {"loc": (), "msg": "invalid request", "type": ""}
-        loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+        errors = list(e.errors())
+        # of the errors a union gives (one per member), the one our validators raised says what is wrong
+        first = next((x for x in errors if x.get("type") == "value_error"), None) or (
+            errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+        )
+        # pydantic names the member of a union it tried (`str`, `list[...]`, `function-after[...]`): not a field
+        loc = []
+        for x in first.get("loc", ()):
+            if x == "[key]" and loc:
+                loc.pop()  # a dict key: the field is the dict (the key itself may not even be text)
+            elif x != "body" and not _is_union_tag(x):
+                loc.append(str(x))
         param = ".".join(loc) or None
         if first.get("type") == "json_invalid":
             service.metrics.failures.labels(reason="malformed_json").inc()

@@ -744,6 +744,7 @@ class RemoteReward:
         self.__annotations__: dict[str, Any] = {}
         self._client_args = {"api_key": api_key, "timeout": timeout, "retry": retry}
         self._client: Any = None
+        self._client_loop: asyncio.AbstractEventLoop | None = None
 
     def _default_name(self) -> str:
         config = {"principles": self.principles, "weights": self.weights, "params": self.params}
@@ -757,7 +758,7 @@ class RemoteReward:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_client"] = None  # a connection pool does not travel; the unpickled copy makes its own
+        state["_client"] = state["_client_loop"] = None  # a connection pool does not travel: the copy makes its own
         return state
 
     def _request(
@@ -789,8 +790,9 @@ class RemoteReward:
 
     async def score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> ScoreResponse:
         """The server's full answer (per-principle scores and rewards) for one batch, on pinned versions."""
-        if self._client is None:  # made on the trainer's own event loop, then reused
-            self._client = AsyncMorlaifClient(self.base_url, **self._client_args)
+        loop = asyncio.get_running_loop()
+        if self._client is None or self._client_loop is not loop:  # one pool per event loop, reused on it
+            self._client, self._client_loop = AsyncMorlaifClient(self.base_url, **self._client_args), loop
         try:
             res = await self._client.score_request(self._request(prompts, completions, self.versions))
         except APIStatusError as e:
