@@ -99,15 +99,17 @@ def test_score_file_and_resume(pm, tmp_path, monkeypatch):
     assert "scored 0 records (7 already" in r.output
 
 
-def test_score_bad_file_names_the_line(pm, tmp_path):
+def test_score_bad_file_names_the_line(pm, tmp_path, monkeypatch):
+    monkeypatch.setenv("MORLAIF_API_KEY", KEY)
     src = tmp_path / "bad.jsonl"
     src.write_text('{"prompt": "a", "response": "b"}\n\n{"prompt": "a", "response": \n')
     r = runner.invoke(app, ["score", str(src), str(tmp_path / "o.jsonl"), "--url", pm.url])
-    assert r.exit_code == 2 and f"{src}:3: invalid JSON" in r.output
+    assert r.exit_code == 2 and f"{src}:3: invalid JSON" in r.output  # named, and the good line 1 is scored
+    assert len((tmp_path / "o.jsonl").read_text().splitlines()) == 1
     src.write_text('{"prompt": "a"}\n')
-    r = runner.invoke(app, ["score", str(src), str(tmp_path / "o.jsonl"), "--url", pm.url])
+    r = runner.invoke(app, ["score", str(src), str(tmp_path / "o2.jsonl"), "--url", pm.url])
     assert r.exit_code == 2 and f"{src}:1:" in r.output and "response" in r.output
-    assert not (tmp_path / "o.jsonl").exists()
+    assert not (tmp_path / "o2.jsonl").exists() and (tmp_path / "o2.jsonl.rejected.jsonl").exists()
 
 
 def test_score_server_errors_are_clear(pm, tmp_path, monkeypatch):

@@ -112,7 +112,11 @@ def serve(
         logging.getLogger(__name__).warning(
             "adapter root %s does not exist: serving rule principles only", settings.adapter_root
         )
-    app = create_app(settings, base=base_model)
+    try:
+        app = create_app(settings, base=base_model)
+    except ValueError as e:  # a policy tokenizer that cannot be loaded or read
+        typer.echo(f"error: cannot start the PM server: {e}", err=True)
+        raise typer.Exit(2) from None
     uvicorn.run(
         app,
         host=settings.host,

@@ -66,6 +66,12 @@ class ServerSettings(BaseSettings):
         description="Send per-principle scores as /get_reward's extra_logs (OpenRLHF 0.9+ logs them; 0.8.x cannot "
         "take them over HTTP: set false for it).",
     )
+    policy_tokenizer: str | None = Field(
+        default=None,
+        description="The policy's tokenizer (a local folder, or a hub id in the local cache): its EOS, pad and "
+        "end-of-turn tokens are stripped from the end of a /get_reward query too, and with policy_template auto its "
+        "chat template fixes which one queries are read with.",
+    )
     policy_template: str = Field(
         default="auto",
         description="How /get_reward and /classify read a policy's chat template: auto (recognise chatml, llama3, "

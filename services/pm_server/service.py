@@ -72,6 +72,38 @@ REWARD_MODEL = "reward"
 logger = logging.getLogger(__name__)
 
 
+def policy_query_parser(tokenizer_id: str, template: str = "auto") -> QueryParser:
+    """A `QueryParser` for one policy's tokenizer: its end strings, and its chat template's family.
+
+    Raises `ValueError` when the tokenizer cannot be loaded, or when `template` is ``auto`` and the tokenizer's
+    chat template is none of `morlaif.chat_templates.TEMPLATES` (set the template by name, or ``none``).
+    """
+    from transformers import AutoTokenizer
+
+    from morlaif.chat_templates import detect_template
+
+    try:
+        tok = AutoTokenizer.from_pretrained(tokenizer_id)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"policy_tokenizer {tokenizer_id!r}: cannot load it: {e}") from e
+    specials = [t for t in getattr(tok, "all_special_tokens", []) if isinstance(t, str)]
+    ends = [t for t in (tok.eos_token, tok.pad_token) if isinstance(t, str)]
+    ends += [t for t in specials if any(k in t.lower() for k in ("end", "eot", "eos", "pad", "eom"))]
+    if template == "auto" and getattr(tok, "chat_template", None):
+        probe = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
+        rendered = tok.apply_chat_template(probe, tokenize=False)
+        found = detect_template(rendered)
+        if found is None:
+            raise ValueError(
+                f"policy_tokenizer {tokenizer_id!r}: its chat template is none of the recognised ones; set "
+                "policy_template to one of them, or none to split queries from their prompts"
+            )
+        template = found
+    parser = QueryParser(template, end_strings=ends)
+    logger.info("reading policy queries with chat template %s, end strings %s", template, ", ".join(parser.end_strings))
+    return parser
+
+
 def _sigmoid(x: float) -> float:
     return 1.0 / (1.0 + math.exp(-x)) if x >= 0 else math.exp(x) / (1.0 + math.exp(x))
 
@@ -90,6 +122,8 @@ class ScoringService:
         self.batcher: Batcher | None = None
         self.registry = Registry(on_retired=self._delete_retired)
         self.query_parser = QueryParser(settings.policy_template)
+        if settings.policy_tokenizer is not None:
+            self.query_parser = policy_query_parser(settings.policy_tokenizer, settings.policy_template)
 
     # ----------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:

@@ -154,6 +154,8 @@ def score_file(
             name=scalarizer or "linear", weights=dict(weights) if weights else None, params=dict(params or {})
         )
     scored = 0
+    if not todo:
+        return 0, len(records), rejected
     with (
         out.open("a", encoding="utf-8") as f,
         tqdm(

@@ -78,6 +78,7 @@ def test_compute_score_under_both_reward_managers(start_server, monkeypatch):
     assert out["reward_tensor"].sum().item() == pytest.approx(want, abs=1e-5)
     assert out["reward_extra_info"]["score"] == [pytest.approx(want, abs=1e-6)]
     assert {"helpfulness", "harmlessness"} <= set(out["reward_extra_info"])
+    integration.close()
 
     async def loop() -> dict:
         manager = LoopManager(None, CharTokenizer(), get_custom_reward_fn(config("compute_score_async", server.url)))
@@ -106,13 +107,14 @@ def conversation_scores(server) -> dict:
 
 def test_without_the_prompt_the_error_says_how_to_pass_it(start_server, monkeypatch):
     from morlaif.errors import InvalidInputError
-    from morlaif.integrations.verl import compute_score
+    from morlaif.integrations.verl import close, compute_score
 
     server = start_server()
     monkeypatch.setenv("MORLAIF_API_KEY", API_KEY)
     with pytest.raises(InvalidInputError) as e:
         compute_score("hh", RESPONSE, "", {"index": 0}, url=server.url)
     assert e.value.field == "extra_info.prompt" and "prepare_dataset" in str(e.value)
+    close()
 
 
 def test_the_discriminative_reward_model_path_posts_classify(start_server):
@@ -143,7 +145,7 @@ def test_prepare_dataset_writes_rows_verl_reads(tmp_path, start_server, monkeypa
 
     import pyarrow.parquet as pq
 
-    from morlaif.integrations.verl import compute_score, main
+    from morlaif.integrations.verl import close, compute_score, main
 
     src = tmp_path / "hh.jsonl.gz"
     with gzip.open(src, "wt") as f:
@@ -167,3 +169,4 @@ def test_prepare_dataset_writes_rows_verl_reads(tmp_path, start_server, monkeypa
     got = compute_score(rows[0]["data_source"], "yes", "", rows[0]["extra_info"], url=server.url)
     want = conversation_reward(server, [*rows[0]["prompt"], {"role": "assistant", "content": "yes"}])
     assert got["score"] == pytest.approx(want, abs=1e-6)
+    close()

@@ -107,6 +107,7 @@ def test_one_conversation_one_reward_through_every_door(server, monkeypatch):
     monkeypatch.setenv("MORLAIF_API_KEY", API_KEY)
     got = verl.compute_score("hh", "Twelve.", "", {"prompt": HISTORY}, url=server.url)
     assert got["score"] == pytest.approx(want, abs=1e-6) and set(got) > {"score", "helpfulness"}
+    verl.close()
 
     async def via_async() -> dict:
         try:
@@ -389,3 +390,31 @@ def test_score_cli_records_a_bad_record_and_goes_on(server, tmp_path, monkeypatc
         assert [json.loads(x)["prompt"] for x in out.read_text().splitlines()] == ["a", "c"]
         rejected = [json.loads(x) for x in (tmp_path / "out.jsonl.rejected.jsonl").read_text().splitlines()]
         assert [x["line"] for x in rejected] == [2, 3]
+
+
+def test_the_operator_names_the_policys_tokenizer(live_server, tiny_encoder_dir, encoder_root, tmp_path):
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    from pm_server.service import policy_query_parser
+
+    def save(path, template: str) -> str:
+        tok = PreTrainedTokenizerFast(
+            tokenizer_object=Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]")),
+            eos_token="<|my_eos|>", pad_token="<|my_pad|>", unk_token="[UNK]",
+        )  # fmt: skip
+        tok.chat_template = template
+        tok.save_pretrained(str(path))
+        return str(path)
+
+    chat = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # fmt: skip
+    server = start(live_server, tiny_encoder_dir, encoder_root, policy_tokenizer=save(tmp_path / "policy", chat))
+    query = chatml(HISTORY) + "Twelve.<|my_eos|>" + "<|my_pad|>" * 3  # this policy's own end and pad tokens
+    body = post(server, "/get_reward", {"query": [query]}).json()
+    assert body["info"][0] == {"template": "chatml", "split": "template", "stripped": 4, "replaced_text": False}
+    assert body["rewards"] == [pytest.approx(default_reward(server, [*HISTORY, RESPONSE]), abs=1e-6)]
+    odd = save(tmp_path / "odd", "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}")
+    with pytest.raises(ValueError, match="none of the recognised ones; set policy_template"):
+        policy_query_parser(odd)
+    assert policy_query_parser(odd, "none").template == "none"

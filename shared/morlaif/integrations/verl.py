@@ -38,7 +38,7 @@ from morlaif.conversation import hh_messages
 from morlaif.errors import InvalidInputError
 from morlaif.protocol import ScalarizerSpec, ScoreRequest, ScoreResponse
 
-__all__ = ["aclose", "compute_score", "compute_score_async", "prepare_dataset", "prompt_messages"]
+__all__ = ["aclose", "close", "compute_score", "compute_score_async", "prepare_dataset", "prompt_messages"]
 
 _lock = threading.Lock()
 _clients: dict[tuple[str, str | None], MorlaifClient] = {}
@@ -132,6 +132,15 @@ async def compute_score_async(
         client = per_loop[(url, key)] = AsyncMorlaifClient(url, api_key=key, timeout=180.0)
     spec = spec or await client.default_scalarizer()
     return _result(await client.score_request(_request(solution_str, extra_info, spec)))
+
+
+def close() -> None:
+    """Close the pooled connections `compute_score` opened (all of this process's)."""
+    with _lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        client.close()
 
 
 async def aclose() -> None:
