@@ -367,8 +367,8 @@ class PrinciplesResponse(_Model):
     batch_invariant: bool = Field(
         default=True,
         description="True when an item's scores do not depend on what else shares its micro-batch (float32: to "
-        "about 1e-6). False in bfloat16, where they move by up to about 1e-2 raw (serve --dtype float32 for "
-        "batch-invariant scores).",
+        "about 2e-6 raw). False in bfloat16, where the batch's shapes move them by up to about 0.02 raw (serve "
+        "--dtype float32 for batch-invariant scores).",
     )
     limits: Limits | None = None
     principles: list[PrincipleInfo]

@@ -516,7 +516,8 @@ def test_default_dtype_serves_bfloat16_where_the_cpu_computes_it(
     monkeypatch.setattr(modeling, "cpu_computes_bf16", lambda: True)
     fast = start(live_server, tiny_encoder_dir, encoder_root)
     exact = start(live_server, tiny_encoder_dir, encoder_root, dtype="float32")
-    assert httpx.get(fast.url + "/v1/principles", headers=AUTH).json()["dtype"] == "bfloat16"
+    info = httpx.get(fast.url + "/v1/principles", headers=AUTH).json()
+    assert (info["dtype"], info["batch_invariant"]) == ("bfloat16", False)  # the documented, reported choice
     assert httpx.get(exact.url + "/v1/principles", headers=AUTH).json()["dtype"] == "float32"
     body = {"items": ITEMS, "principles": LEARNED, "normalize": False}
     got = [r["raw_scores"] for r in post(fast, "/v1/score", body).json()["results"]]
