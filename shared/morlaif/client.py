@@ -185,17 +185,8 @@ def _merge(responses: Sequence[ScoreResponse]) -> ScoreResponse:
     )
 
 
-def _score_request(
-    prompts: Sequence[str],
-    responses: Sequence[str],
-    *,
-    principles: Sequence[str] | None,
-    scalarizer: str | ScalarizerSpec | None,
-    weights: Mapping[str, float] | None,
-    params: Mapping[str, Any] | None,
-    normalize: bool,
-    expected_versions: Mapping[str, str] | None,
-) -> ScoreRequest:
+def _pair_items(prompts: Sequence[str], responses: Sequence[str]) -> list[ScoreItem]:
+    """(prompt, response) strings as score items; `InvalidInputError` naming the item that is not valid text."""
     if len(prompts) != len(responses):
         raise ValueError(f"{len(prompts)} prompts but {len(responses)} responses")
     items = []
@@ -204,18 +195,10 @@ def _score_request(
             items.append(ScoreItem(prompt=p, response=r))
         except ValidationError as e:
             raise _invalid_input(e, f"items[{i}]") from None
-    return _score_request_of(
-        items,
-        principles=principles,
-        scalarizer=scalarizer,
-        weights=weights,
-        params=params,
-        normalize=normalize,
-        expected_versions=expected_versions,
-    )
+    return items
 
 
-def _score_request_of(
+def _score_request(
     items: list[ScoreItem],
     *,
     principles: Sequence[str] | None,
@@ -486,8 +469,7 @@ class MorlaifClient(_Base):
     ) -> ScoreResponse:
         return self.score_request(
             _score_request(
-                prompts,
-                responses,
+                _pair_items(prompts, responses),
                 principles=principles,
                 scalarizer=scalarizer,
                 weights=weights,
@@ -618,8 +600,7 @@ class AsyncMorlaifClient(_Base):
     ) -> ScoreResponse:
         return await self.score_request(
             _score_request(
-                prompts,
-                responses,
+                _pair_items(prompts, responses),
                 principles=principles,
                 scalarizer=scalarizer,
                 weights=weights,
@@ -766,7 +747,7 @@ class RemoteReward:
     ) -> ScoreRequest:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        return _score_request_of(
+        return _score_request(
             [trl_item(p, c, i) for i, (p, c) in enumerate(zip(prompts, completions, strict=True))],
             principles=self.principles,
             scalarizer=self.scalarizer,
