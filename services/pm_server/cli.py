@@ -51,7 +51,11 @@ def serve(
         ),
     ] = None,
     insecure_dev: Annotated[
-        bool, typer.Option("--insecure-dev", help="Run without API keys: local development only.")
+        bool,
+        typer.Option(
+            "--insecure-dev",
+            help="Run without API keys: local development only, so refused unless --host is a loopback address.",
+        ),
     ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning, error.")] = "info",
 ) -> None:

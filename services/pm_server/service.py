@@ -456,7 +456,10 @@ class ScoringService:
         conversations, info = [], []
         for i, raw_query in enumerate(queries):
             query, replaced = replace_invalid_text(raw_query)
-            prompt = None if prompts is None else replace_invalid_text(prompts[i])[0]
+            prompt = None
+            if prompts is not None:
+                prompt, prompt_replaced = replace_invalid_text(prompts[i])
+                replaced = replaced or prompt_replaced
             parsed = self.query_parser.parse(query, prompt)
             conversations.append(parsed.conversation)
             info.append(

@@ -52,6 +52,7 @@ from morlaif.protocol import (
     ScoreRequest,
     ScoreResponse,
     Usage,
+    replace_invalid_text,
 )
 
 __all__ = [
@@ -320,7 +321,26 @@ def _parse(model: type[M], resp: httpx.Response) -> M:
         raise _protocol_error(f"the server's answer is not a {model.__name__}: {e.errors()[0]['msg']}") from None
 
 
-def _check_rewards(res: OpenRLHFRewardResponse, n: int) -> OpenRLHFRewardResponse:
+def _get_reward_body(
+    queries: Sequence[str], prompts: Sequence[str] | None, labels: Sequence[Any] | None
+) -> tuple[dict[str, Any], list[int]]:
+    """/get_reward's body, lone surrogates replaced as the route does (they could not be sent as UTF-8), and the
+    indices of the queries that had any."""
+    qs = [replace_invalid_text(q) for q in queries]
+    ps = None if prompts is None else [replace_invalid_text(p) for p in prompts]
+    body: dict[str, Any] = {"query": [q for q, _ in qs]}
+    if ps is not None:
+        body["prompts"] = [p for p, _ in ps]
+    if labels is not None:
+        body["labels"] = [replace_invalid_text(x)[0] if isinstance(x, str) else x for x in labels]
+    replaced = [i for i, (_, r) in enumerate(qs) if r or (ps is not None and i < len(ps) and ps[i][1])]
+    return body, replaced
+
+
+def _check_rewards(res: OpenRLHFRewardResponse, n: int, replaced: Sequence[int] = ()) -> OpenRLHFRewardResponse:
+    for i in replaced:
+        if i < len(res.info):
+            res.info[i].replaced_text = True
     if len(res.rewards) != n:
         raise _protocol_error(f"server returned {len(res.rewards)} rewards for {n} queries")
     bad = [i for i, r in enumerate(res.rewards) if not math.isfinite(r)]
@@ -446,14 +466,11 @@ class MorlaifClient(_Base):
         self, queries: Sequence[str], prompts: Sequence[str] | None = None, labels: Sequence[Any] | None = None
     ) -> OpenRLHFRewardResponse:
         """OpenRLHF's ``/get_reward``: the server reads each query (chat template, prompt split) and scalarizes
-        with its default scalarizer. `labels` are passed on and not used. Rewards are checked finite."""
-        body: dict[str, Any] = {"query": list(queries)}
-        if prompts is not None:
-            body["prompts"] = list(prompts)
-        if labels is not None:
-            body["labels"] = list(labels)
+        with its default scalarizer. `labels` are passed on and not used. Rewards are checked finite. As the route
+        itself, it never refuses text: lone surrogates become U+FFFD (``info[i].replaced_text``)."""
+        body, replaced = _get_reward_body(queries, prompts, labels)
         res = self._request_json("POST", "/get_reward", OpenRLHFRewardResponse, body)
-        return _check_rewards(res, len(queries))
+        return _check_rewards(res, len(queries), replaced)
 
     def score(
         self,
@@ -578,13 +595,9 @@ class AsyncMorlaifClient(_Base):
         self, queries: Sequence[str], prompts: Sequence[str] | None = None, labels: Sequence[Any] | None = None
     ) -> OpenRLHFRewardResponse:
         """`MorlaifClient.get_reward`, awaited."""
-        body: dict[str, Any] = {"query": list(queries)}
-        if prompts is not None:
-            body["prompts"] = list(prompts)
-        if labels is not None:
-            body["labels"] = list(labels)
+        body, replaced = _get_reward_body(queries, prompts, labels)
         res = await self._request_json("POST", "/get_reward", OpenRLHFRewardResponse, body)
-        return _check_rewards(res, len(queries))
+        return _check_rewards(res, len(queries), replaced)
 
     async def score(
         self,

@@ -412,7 +412,9 @@ class QueryInfo(_Model):
     template: str | None = Field(description="The chat template recognised in the query (chatml, llama3, ...).")
     split: str = Field(description="template, prefix, fuzzy, unmatched or no_prompt: how the response was found.")
     stripped: int = Field(description="End-of-turn, EOS and padding strings removed from the end of the response.")
-    replaced_text: bool = Field(default=False, description="Lone surrogates in the query were replaced by U+FFFD.")
+    replaced_text: bool = Field(
+        default=False, description="Lone surrogates in the query or its prompt were replaced by U+FFFD."
+    )
 
 
 class OpenRLHFRewardResponse(_Model):

@@ -169,6 +169,13 @@ def test_get_reward_never_fails_a_batch_for_one_query(server):
                    content=b'{"query": ["Hi \\ud800 there"], "prompts": ["Hi"]}')  # fmt: skip
     assert r.status_code == 200 and r.json()["info"][0]["replaced_text"] is True
     assert r.json()["rewards"] == [pytest.approx(alone("Hi", " \ufffd there"), abs=1e-6)]
+    r = httpx.post(server.url + "/get_reward", headers={**AUTH, "content-type": "application/json"},
+                   content=b'{"query": ["x"], "prompts": ["\\ud800"]}')  # fmt: skip
+    assert r.status_code == 200 and r.json()["info"][0]["replaced_text"] is True
+    # the client's get_reward (OpenRLHF's file mode) replaces it the same way, rather than refuse it
+    with MorlaifClient(server.url, api_key=API_KEY) as c:
+        res = c.get_reward(["Hi \ud800 there"], ["Hi"], ["\ud800"])
+    assert res.info[0].replaced_text and res.rewards == [pytest.approx(alone("Hi", " \ufffd there"), abs=1e-6)]
 
 
 def test_a_whole_rollout_in_one_request(live_server, tiny_encoder_dir, encoder_root):

@@ -23,7 +23,8 @@ def make_engine(url: str) -> Engine:
     worker processes on one machine serialise their writes instead of failing with 'database is locked'."""
     u = make_url(url)
     if u.get_backend_name() == "sqlite":
-        if u.database and u.database != ":memory:":
+        # a plain file path gets its folder; a URI (`file:...?mode=ro&uri=true`) names an existing database
+        if u.database and u.database != ":memory:" and not u.database.startswith("file:"):
             Path(u.database).parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
 
