@@ -21,7 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from morlaif.client import MorlaifClient
-from morlaif.jsonl import JsonlError, open_text
+from morlaif.jsonl import JsonlError, iter_lines
 from morlaif.protocol import ScalarizerSpec, ScoreItem, ScoreRequest
 
 __all__ = ["InputError", "Rejected", "read_records", "rejected_path", "score_file"]
@@ -77,22 +77,14 @@ def _record(path: Path, n: int, data: dict[str, Any]) -> _Record:
 def read_records(path: Path) -> Iterator[_Record | Rejected]:
     """Records with `prompt` and `response` (or `messages`, or an HH transcript pair: its chosen response), and
     a `Rejected` (naming file:line and the reason) for each line that is not one. An unreadable file raises."""
-    with open_text(path) as f:
-        for n, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                yield Rejected(n, f"{path}:{n}: invalid JSON: {e.msg}", line.rstrip("\n"))
-                continue
-            if not isinstance(data, dict):
-                yield Rejected(n, f"{path}:{n}: expected a JSON object, got {type(data).__name__}", line.rstrip("\n"))
-                continue
-            try:
-                yield _record(path, n, data)
-            except InputError as e:
-                yield Rejected(n, str(e), line.rstrip("\n"))
+    for n, raw, data in iter_lines(path):
+        if isinstance(data, JsonlError):
+            yield Rejected(n, str(data), raw)
+            continue
+        try:
+            yield _record(path, n, data)
+        except InputError as e:
+            yield Rejected(n, str(e), raw)
 
 
 def _done_keys(out: Path) -> set[str]:

@@ -123,12 +123,12 @@ def _raise_for(resp: httpx.Response) -> None:
     raise APIStatusError(message, status_code=resp.status_code, error_type=type_, code=code, param=param)
 
 
-def _invalid_input(e: ValidationError, where: str) -> InvalidInputError:
-    """A pydantic error on the item at `where` (``items[3]``) as the typed error naming the field."""
+def _invalid_input(e: ValidationError, where: str | None = None) -> InvalidInputError:
+    """A pydantic error (on the item at `where`, e.g. ``items[3]``) as the typed error naming the field."""
     first = e.errors()[0]
     loc = ".".join(str(x) for x in first.get("loc", ()))
     msg = str(first.get("msg", e)).removeprefix("Value error, ")
-    return InvalidInputError(msg, field=f"{where}.{loc}" if loc else where)
+    return InvalidInputError(msg, field=".".join(x for x in (where, loc) if x) or None)
 
 
 def _protocol_error(message: str) -> APIStatusError:
@@ -226,9 +226,7 @@ def _score_request(
             expected_versions=dict(expected_versions) if expected_versions else None,
         )
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first.get("loc", ()))
-        raise InvalidInputError(str(first.get("msg", e)).removeprefix("Value error, "), field=loc or None) from None
+        raise _invalid_input(e) from None
 
 
 def _rewards_of(res: ScoreResponse, n: int) -> list[float]:
