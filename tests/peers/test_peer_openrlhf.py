@@ -83,11 +83,18 @@ def test_url_mode_against_a_keyed_server_gets_no_reward(start_server, monkeypatc
     need("openrlhf.utils.agent")
     from openrlhf.utils import agent
 
-    async def no_wait(_seconds: float) -> None:
-        return None
+    class NoWait:
+        """asyncio for OpenRLHF's module only, without its 1 s between the 5 tries (patching asyncio.sleep itself
+        would make every live server's event loop in this process spin)."""
+
+        def __getattr__(self, name: str):
+            return getattr(asyncio, name)
+
+        async def sleep(self, _seconds: float) -> None:
+            return None
 
     server = start_server()
-    monkeypatch.setattr(agent.asyncio, "sleep", no_wait)  # its 1 s between the 5 tries
+    monkeypatch.setattr(agent, "asyncio", NoWait())
     # OpenRLHF sends no headers: every try is a 401, and after its retries the sample has no reward; hence
     # trusted networks (above) or file mode with the key (below)
     out = execute(agent.SingleTurnAgentExecutor(server.url + "/get_reward"), chatml(HISTORY), RESPONSE)
