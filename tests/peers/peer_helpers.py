@@ -8,27 +8,13 @@ import warnings
 
 import httpx
 import pytest
+from dialogue import CHATML, HISTORY, RESPONSE, chatml
+
+__all__ = ["ADMIN_KEY", "API_KEY", "AUTH", "CHATML", "HISTORY", "RESPONSE", "chatml", "conversation_reward", "need"]
 
 API_KEY = "score-key-0123456789"
 ADMIN_KEY = "admin-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
-
-HISTORY = [
-    {"role": "system", "content": "You are a careful assistant."},
-    {"role": "user", "content": "What is 2+2?"},
-    {"role": "assistant", "content": "4."},
-    {"role": "user", "content": "And times three?"},
-]
-RESPONSE = "Twelve."
-CHATML = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
-def chatml(messages: list[dict], generation: bool = True) -> str:
-    out = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return out + ("<|im_start|>assistant\n" if generation else "")
 
 
 def need(module: str) -> None:

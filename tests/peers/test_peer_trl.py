@@ -7,26 +7,15 @@ import functools
 import inspect
 import json
 import math
-from pathlib import Path
 
 import pytest
+from dialogue import load_example
 
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "grpo_remote_reward.py"
 # a chat template for the tiny policy (its 16-word vocabulary reads the markers as unknown words; TRL applies it)
 TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} </s> {% endfor %}"
     "{% if add_generation_prompt %}assistant : {% endif %}"
 )
-
-
-def _example():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("grpo_remote_reward", EXAMPLE)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture
@@ -73,7 +62,7 @@ def test_two_conversational_grpo_steps(recording_rule_server, chat_lm_dir, tmp_p
     dialogues = [[{"role": "user", "content": f"cat {w}"}, {"role": "assistant", "content": "dog"},
                   {"role": "user", "content": f"{w} sun"}] for w in words]  # fmt: skip
     prompts.write_text("".join(json.dumps({"messages": d}) + "\n" for d in dialogues))
-    trainer = _example().main(
+    trainer = load_example("grpo_remote_reward").main(
         [
             "--url", recording_rule_server.url, "--model", str(chat_lm_dir), "--prompts", str(prompts),
             "--conversational", "--system", "be kind", "--steps", "2", "--batch-size", "4",

@@ -14,6 +14,8 @@ import pickle
 
 import httpx
 import pytest
+from dialogue import CHATML, HISTORY, chatml
+from dialogue import RESPONSE as RESPONSE_TEXT
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
@@ -26,18 +28,7 @@ API_KEY = "score-key-0123456789"
 ADMIN_KEY = "admin-key-0123456789"
 AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
-HISTORY = [
-    {"role": "system", "content": "You are a careful assistant."},
-    {"role": "user", "content": "What is 2+2?"},
-    {"role": "assistant", "content": "4."},
-    {"role": "user", "content": "And times three?"},
-]
-RESPONSE = {"role": "assistant", "content": "Twelve."}
-
-
-def chatml(messages: list[dict], generation: bool = True) -> str:
-    out = "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-    return out + ("<|im_start|>assistant\n" if generation else "")
+RESPONSE = {"role": "assistant", "content": RESPONSE_TEXT}
 
 
 def start(live_server, base_dir, root, **overrides):
@@ -414,9 +405,7 @@ def test_the_operator_names_the_policys_tokenizer(live_server, tiny_encoder_dir,
         tok.save_pretrained(str(path))
         return str(path)
 
-    chat = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-            "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")  # fmt: skip
-    server = start(live_server, tiny_encoder_dir, encoder_root, policy_tokenizer=save(tmp_path / "policy", chat))
+    server = start(live_server, tiny_encoder_dir, encoder_root, policy_tokenizer=save(tmp_path / "policy", CHATML))
     query = chatml(HISTORY) + "Twelve.<|my_eos|>" + "<|my_pad|>" * 3  # this policy's own end and pad tokens
     body = post(server, "/get_reward", {"query": [query]}).json()
     assert body["info"][0] == {"template": "chatml", "split": "template", "stripped": 4, "replaced_text": False}

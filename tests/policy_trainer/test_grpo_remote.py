@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
+
+from dialogue import load_example
 
 from policy_trainer.testing import word_prompts
-
-EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "grpo_remote_reward.py"
-
-
-def _example():
-    spec = importlib.util.spec_from_file_location("grpo_remote_reward", EXAMPLE)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_two_grpo_steps_against_a_pm_server(rule_server, tiny_lm_dir, tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in word_prompts(16)))
-    trainer = _example().main(
+    trainer = load_example("grpo_remote_reward").main(
         [
             "--url", rule_server.url, "--model", str(tiny_lm_dir), "--prompts", str(prompts),
             "--steps", "2", "--batch-size", "4", "--num-generations", "4", "--max-completion-length", "8",

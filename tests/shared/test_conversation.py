@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from dialogue import CHATML, HISTORY, RESPONSE
 from transformers import PreTrainedTokenizerFast
 
 from morlaif.chat_templates import MIN_FUZZY_OVERLAP, TEMPLATES, QueryParser, detect_template, parse_query
@@ -12,10 +13,7 @@ from morlaif.protocol import ScoreItem
 # The chat templates of common policies (after each model's tokenizer_config.json on the hub, trimmed of tool
 # and date handling), rendered by transformers' own apply_chat_template below.
 JINJA = {
-    "chatml": (
-        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-    ),
+    "chatml": CHATML,
     "llama3": (
         "<|begin_of_text|>{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
         "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
@@ -52,14 +50,6 @@ EOS = {
 }
 PAD = {"chatml": "<|endoftext|>", "llama3": "<|finetune_right_pad_id|>", "gemma": "<pad>", "mistral": "</s>",
        "phi3": "<|endoftext|>", "deepseek": "<｜end▁of▁sentence｜>"}  # fmt: skip
-
-HISTORY = [
-    {"role": "system", "content": "You are a careful assistant."},
-    {"role": "user", "content": "What is 2+2?"},
-    {"role": "assistant", "content": "4."},
-    {"role": "user", "content": "And times three?"},
-]
-RESPONSE = "Twelve."
 
 
 def render(name: str, messages: list[dict]) -> str:
