@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from pathlib import Path
 from typing import Annotated, Any
@@ -11,7 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pm_server.modeling import EMBEDDED_BASE, DType
 
-__all__ = ["ServerSettings", "SettingsError"]
+__all__ = ["ServerSettings", "SettingsError", "is_loopback"]
 
 
 class SettingsError(ValueError):
@@ -168,11 +169,11 @@ class ServerSettings(BaseSettings):
             addr = ipaddress.ip_address(client_host)
         except ValueError:
             return False
-        return any(addr in ipaddress.ip_network(n, strict=False) for n in self.trusted_networks)
+        return any(addr in _network(n) for n in self.trusted_networks)
 
     @model_validator(mode="after")
     def _secure(self) -> ServerSettings:
-        if self.insecure_dev and (self.api_key is None or self.admin_key is None) and not _is_loopback(self.host):
+        if self.insecure_dev and (self.api_key is None or self.admin_key is None) and not is_loopback(self.host):
             raise SettingsError(
                 f"--insecure-dev (MORLAIF_INSECURE_DEV) runs without keys and is for loopback only, but host is "
                 f"{self.host!r}: set MORLAIF_API_KEY and MORLAIF_ADMIN_KEY to serve on a network (and "
@@ -198,7 +199,14 @@ class ServerSettings(BaseSettings):
         return self
 
 
-def _is_loopback(host: str) -> bool:
+@functools.cache
+def _network(cidr: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A trusted network, parsed once (`trusts` runs on every keyless request)."""
+    return ipaddress.ip_network(cidr, strict=False)
+
+
+def is_loopback(host: str) -> bool:
+    """True for `localhost` and any loopback address (127.0.0.0/8, ::1): a bind address no other host reaches."""
     if host == "localhost":
         return True
     try:

@@ -151,9 +151,6 @@ def score(
         )
 
 
-_LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
 @app.command("up")
 def up(
     host: Annotated[str, typer.Option(help="Bind address of the PM server.")] = "127.0.0.1",
@@ -197,7 +194,9 @@ def up(
     from morlaif.up import Service, Supervisor, install_stop_handlers, port_in_use, wait_ready
 
     keyed = bool(os.environ.get(envvars.API_KEY)) and bool(os.environ.get(envvars.ADMIN_KEY))
-    if not keyed and host not in _LOOPBACK:
+    from pm_server.config import is_loopback
+
+    if not keyed and not is_loopback(host):
         typer.echo(
             f"error: --host {host} is reachable from the network: set MORLAIF_API_KEY and MORLAIF_ADMIN_KEY "
             "(16+ characters each) first",
