@@ -12,9 +12,9 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from morlaif.conversation import Conversation, MessageError, from_messages
+from morlaif.conversation import Conversation, MessageError, Turn, from_messages
 from morlaif.principles import PRINCIPLE_NAME_RE
 
 __all__ = [
@@ -179,6 +179,8 @@ class ScoreItem(_Model):
         "tool; content as a string or typed parts; tool calls); the last message is the assistant response to score.",
     )
 
+    _conversation: Conversation | None = PrivateAttr(default=None)  # read once, when validated
+
     @model_validator(mode="after")
     def _one_form(self) -> ScoreItem:
         if self.messages is not None:
@@ -194,12 +196,13 @@ class ScoreItem(_Model):
 
     def conversation(self) -> Conversation:
         """The item as a `Conversation` (a prompt/response pair is one user turn and the response)."""
-        if self.messages is None:
-            assert self.prompt is not None and self.response is not None
-            from morlaif.conversation import Turn
-
-            return Conversation((Turn("user", self.prompt),), self.response)
-        return from_messages(self.messages)
+        if self._conversation is None:
+            if self.messages is None:
+                assert self.prompt is not None and self.response is not None
+                self._conversation = Conversation((Turn("user", self.prompt),), self.response)
+            else:
+                self._conversation = from_messages(self.messages)
+        return self._conversation
 
     def as_pair(self) -> tuple[str, str]:
         """(prompt text, response text), rendered by `morlaif.conversation.render_pair`."""
