@@ -128,6 +128,9 @@ def serve(
         log_level=log_level,
         timeout_graceful_shutdown=10,
         timeout_keep_alive=settings.keep_alive_s,
+        # the client address is the TCP peer's: uvicorn would otherwise take it from X-Forwarded-For on connections
+        # from 127.0.0.1, and any local process (or a proxy passing the header on) could claim a trusted network
+        proxy_headers=False,
     )
 
 

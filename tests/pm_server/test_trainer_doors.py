@@ -414,3 +414,36 @@ def test_the_operator_names_the_policys_tokenizer(live_server, tiny_encoder_dir,
     with pytest.raises(ValueError, match="none of the recognised ones; set policy_template"):
         policy_query_parser(odd)
     assert policy_query_parser(odd, "none").template == "none"
+
+
+def test_a_forwarded_for_header_does_not_make_a_client_trusted(tiny_encoder_dir, tmp_path):
+    """`morlaif serve` itself (uvicorn as it configures it): X-Forwarded-For from loopback is not a client address."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "MORLAIF_API_KEY": API_KEY, "MORLAIF_ADMIN_KEY": ADMIN_KEY,
+           "MORLAIF_TRUSTED_NETWORKS": "10.0.0.0/8"}  # fmt: skip
+    cmd = [sys.executable, "-m", "morlaif.cli", "serve", "--base", str(tiny_encoder_dir), "--adapter-root",
+           str(tmp_path / "none"), "--port", str(port), "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.2)
+        body = {"query": ["Hi there"], "prompts": ["Hi"]}
+        assert httpx.post(url + "/get_reward", json=body, headers={"X-Forwarded-For": "10.0.0.5"}).status_code == 401
+        assert httpx.post(url + "/get_reward", json=body, headers=AUTH).status_code == 200
+    finally:
+        proc.terminate()
+        proc.wait(20)
