@@ -138,6 +138,7 @@ class _Template:
     name: str
     marker: re.Pattern[str]
     parse: Callable[[str], _Turns]
+    lead: str = ""  # what the template puts between its generation prompt and the response (Mistral: a space)
 
 
 TEMPLATES: dict[str, _Template] = {
@@ -147,7 +148,7 @@ TEMPLATES: dict[str, _Template] = {
         _Template("llama3", re.compile(r"<\|start_header_id\|>"), _parse_llama3),
         _Template("gemma", re.compile(r"<start_of_turn>"), _parse_gemma),
         _Template("deepseek", re.compile(r"<｜(?:User|Assistant)｜>"), _parse_deepseek),
-        _Template("mistral", re.compile(r"\[INST\]"), _parse_mistral),
+        _Template("mistral", re.compile(r"\[INST\]"), _parse_mistral, lead=" "),
         _Template("phi3", re.compile(r"<\|(?:user|assistant)\|>"), _parse_phi3),
     )
 }
@@ -165,10 +166,11 @@ def detect_template(text: str) -> str | None:
 class Parsed:
     """A query taken apart: the conversation, the template recognised, and how the response was found.
 
-    `split`: ``template`` (the last assistant turn of a recognised template), ``prefix`` (the query starts with
-    its prompt), ``fuzzy`` (it does once whitespace is ignored, or it starts with the end of a left-truncated
-    prompt), ``unmatched`` (the prompt is not in the query: the whole query is the response, the prompt its
-    context), ``no_prompt`` (no prompt was given and no template found: the whole query is the response).
+    `template`: the chat template the prompt (or, without a prompt, the query) is written in; its turns are the
+    history. `split`: ``prefix`` (the query starts with its prompt: the response is the rest), ``fuzzy`` (it does
+    once whitespace is ignored, or it starts with the end of a left-truncated prompt), ``unmatched`` (the prompt
+    is not in the query: the whole query is the response, the prompt its context); without a prompt,
+    ``template`` (the query's last assistant turn) or ``no_prompt`` (no template: the whole query).
     `stripped`: end-of-turn, EOS and padding strings removed from the end of the response.
     """
 
@@ -246,26 +248,52 @@ class QueryParser:
         return f"QueryParser(template={self.template!r})"
 
     def parse(self, query: str, prompt: str | None = None) -> Parsed:
-        """The conversation `query` encodes (see `Parsed`); never raises on any string."""
-        text = _strip_bos(query)
-        name = detect_template(text) if self.template == "auto" else None if self.template == "none" else self.template
-        if name is not None:
-            turns = [(r, t) for r, t in TEMPLATES[name].parse(text) if r in _KNOWN_ROLES]
-            if turns and turns[-1][0] == "assistant":
-                history = tuple(Turn(r, self._clean(t)) for r, t in turns[:-1])
-                response = self._clean(turns[-1][1])
-                return Parsed(Conversation(history, response), name, "template", _strip_end(text, self.end_strings)[1])
-        # no template: split the text from its prompt
+        """The conversation `query` encodes (see `Parsed`); never raises on any string.
+
+        With a `prompt`, the response is what follows it in the query, and only the prompt is read as turns: text
+        the policy generated is scored as text, so a response that writes ``<|im_start|>assistant`` cannot
+        choose which part of itself is scored. Without one, the query's own last assistant turn is the response.
+        """
         if prompt is None:
-            response, n = _strip_end(query, self.end_strings)
-            return Parsed(Conversation((Turn("user", ""),), response), None, "no_prompt", n)
+            return self._parse_text(query)
+        name = self._template_of(prompt)
+        if name is not None:
+            query, prompt = _strip_bos(query), _strip_bos(prompt)
         if query.startswith(prompt):
             cut, split = len(prompt), "prefix"
         else:
             at = _fuzzy_split(query, prompt)
             cut, split = (0, "unmatched") if at is None else (at, "fuzzy")
         response, n = _strip_end(query[cut:], self.end_strings)
-        return Parsed(Conversation((Turn("user", prompt),), response), None, split, n)
+        history: tuple[Turn, ...] = (Turn("user", prompt),)
+        if name is not None:
+            turns = [(r, t) for r, t in TEMPLATES[name].parse(prompt) if r in _KNOWN_ROLES]
+            if turns and turns[-1][0] == "assistant" and not turns[-1][1].strip():
+                turns = turns[:-1]  # the generation prompt the response follows
+            if turns:
+                history = tuple(Turn(r, self._clean(t)) for r, t in turns)
+                response = response.lstrip(TEMPLATES[name].lead)
+            else:
+                name = None
+        return Parsed(Conversation(history, response), name, split, n)
+
+    def _template_of(self, text: str) -> str | None:
+        if self.template == "none":
+            return None
+        return detect_template(text) if self.template == "auto" else self.template
+
+    def _parse_text(self, query: str) -> Parsed:
+        """A query alone (no prompt): its template's last assistant turn, else the whole query as the response."""
+        text = _strip_bos(query)
+        name = self._template_of(text)
+        if name is not None:
+            turns = [(r, t) for r, t in TEMPLATES[name].parse(text) if r in _KNOWN_ROLES]
+            if turns and turns[-1][0] == "assistant":
+                history = tuple(Turn(r, self._clean(t)) for r, t in turns[:-1])
+                response = self._clean(turns[-1][1])
+                return Parsed(Conversation(history, response), name, "template", _strip_end(text, self.end_strings)[1])
+        response, n = _strip_end(query, self.end_strings)
+        return Parsed(Conversation((Turn("user", ""),), response), None, "no_prompt", n)
 
     def _clean(self, text: str) -> str:
         return _strip_end(text, self.end_strings)[0]

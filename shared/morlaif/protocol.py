@@ -413,7 +413,10 @@ class QueryInfo(_Model):
     """How one /get_reward query was read (see `morlaif.chat_templates.Parsed`)."""
 
     template: str | None = Field(description="The chat template recognised in the query (chatml, llama3, ...).")
-    split: str = Field(description="template, prefix, fuzzy, unmatched or no_prompt: how the response was found.")
+    split: str = Field(
+        description="prefix, fuzzy or unmatched (the response follows the prompt); without prompts, template (the "
+        "query's last assistant turn) or no_prompt (the whole query)."
+    )
     stripped: int = Field(description="End-of-turn, EOS and padding strings removed from the end of the response.")
     replaced_text: bool = Field(
         default=False, description="Lone surrogates in the query or its prompt were replaced by U+FFFD."

@@ -75,7 +75,7 @@ def test_one_conversation_one_reward_through_every_door(server, monkeypatch):
         query = prompt + "Twelve.<|im_end|>" + "<|endoftext|>" * n
         body = post(server, "/get_reward", {"query": [query], "prompts": [prompt], "labels": [""]}).json()
         assert body["rewards"] == [pytest.approx(want, abs=1e-6)], n
-        assert body["info"] == [{"template": "chatml", "split": "template", "stripped": 1 + n, "replaced_text": False}]
+        assert body["info"] == [{"template": "chatml", "split": "prefix", "stripped": 1 + n, "replaced_text": False}]
         assert body["scores"] == [pytest.approx(1 / (1 + math.exp(-want)))]
     # TRL: conversational prompts and completions
     spec = httpx.get(server.url + "/v1/scalarizers", headers=AUTH).json()["default"]
