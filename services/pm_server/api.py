@@ -39,6 +39,8 @@ from morlaif.protocol import (
     ScalarizersResponse,
     ScoreRequest,
     ScoreResponse,
+    error_field,
+    first_error,
 )
 from morlaif.scalarize import SCALARIZERS
 from pm_server import console
@@ -71,14 +73,6 @@ def _error(
     param = None if param is None else param.encode("utf-8", "backslashreplace").decode("utf-8")
     body = {"error": {"message": message, "type": type_, "code": code, "param": param}}
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "constrained-str"})
-
-
-def _is_union_tag(x: object) -> bool:
-    """A loc part that names no field: a union member pydantic tried (`str`, `list[...]`)."""
-    return isinstance(x, str) and (x in _TYPE_TAGS or "[" in x)
 
 
 class BodyLimit:
@@ -258,19 +252,8 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
-        errors = list(e.errors())
-        # of the errors a union gives (one per member), the one our validators raised says what is wrong
-        first = next((x for x in errors if x.get("type") == "value_error"), None) or (
-            errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
-        )
-        # pydantic names the member of a union it tried (`str`, `list[...]`, `function-after[...]`): not a field
-        loc = []
-        for x in first.get("loc", ()):
-            if x == "[key]" and loc:
-                loc.pop()  # a dict key: the field is the dict (the key itself may not even be text)
-            elif x != "body" and not _is_union_tag(x):
-                loc.append(str(x))
-        param = ".".join(loc) or None
+        first = first_error(e)
+        param = error_field(first)
         if first.get("type") == "json_invalid":
             service.metrics.failures.labels(reason="malformed_json").inc()
             return _error(

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from morlaif.client import MorlaifClient
 from morlaif.jsonl import JsonlError, iter_lines
-from morlaif.protocol import ScalarizerSpec, ScoreItem, ScoreRequest
+from morlaif.protocol import ScalarizerSpec, ScoreItem, ScoreRequest, error_field, first_error
 
 __all__ = ["InputError", "Rejected", "read_records", "rejected_path", "score_file"]
 
@@ -66,8 +66,8 @@ def _record(path: Path, n: int, data: dict[str, Any]) -> _Record:
     try:
         item = ScoreItem.model_validate(fields)
     except ValidationError as e:
-        first = e.errors()[0]
-        loc = ".".join(str(x) for x in first.get("loc", ()))
+        first = first_error(e)
+        loc = error_field(first)
         msg = str(first["msg"]).removeprefix("Value error, ")
         raise InputError(f"{path}:{n}: {loc + ': ' if loc else ''}{msg}") from e
     key = str(data["id"]) if "id" in data else f"line:{n}"
@@ -131,6 +131,16 @@ def score_file(
     rejected: list[Rejected] = []
     for r in read_records(src):  # read (and check) the whole file before the first request
         (rejected if isinstance(r, Rejected) else records).append(r)  # type: ignore[arg-type]
+    limit = client.limits().max_text_chars  # what the server would refuse, the whole batch with it
+    for r in list(records):
+        for name, text in zip(("prompt", "response"), r.item.as_pair(), strict=True):
+            if len(text) > limit:
+                rejected.append(
+                    Rejected(r.line, f"{src}:{r.line}: {name} has {len(text)} characters; the server takes {limit}", "")
+                )
+                records.remove(r)
+                break
+    rejected.sort(key=lambda r: r.line)
     bad_file = rejected_path(out)
     if rejected:
         with bad_file.open("w", encoding="utf-8") as f:

@@ -52,6 +52,8 @@ from morlaif.protocol import (
     ScoreRequest,
     ScoreResponse,
     Usage,
+    error_field,
+    first_error,
     replace_invalid_text,
 )
 
@@ -124,11 +126,11 @@ def _raise_for(resp: httpx.Response) -> None:
 
 
 def _invalid_input(e: ValidationError, where: str | None = None) -> InvalidInputError:
-    """A pydantic error (on the item at `where`, e.g. ``items[3]``) as the typed error naming the field."""
-    first = e.errors()[0]
-    loc = ".".join(str(x) for x in first.get("loc", ()))
+    """A pydantic error (on the item at `where`, e.g. ``items[3]``) as the typed error naming the field, as the
+    server would name it."""
+    first = first_error(e)
     msg = str(first.get("msg", e)).removeprefix("Value error, ")
-    return InvalidInputError(msg, field=".".join(x for x in (where, loc) if x) or None)
+    return InvalidInputError(msg, field=".".join(x for x in (where, error_field(first)) if x) or None)
 
 
 def _protocol_error(message: str) -> APIStatusError:
@@ -209,14 +211,17 @@ def _score_request(
     normalize: bool,
     expected_versions: Mapping[str, str] | None,
 ) -> ScoreRequest:
-    if isinstance(scalarizer, str):
-        spec: ScalarizerSpec | None = ScalarizerSpec(
-            name=scalarizer, weights=dict(weights) if weights else None, params=dict(params or {})
-        )
-    elif scalarizer is None and weights is not None:
-        spec = ScalarizerSpec(name="linear", weights=dict(weights), params=dict(params or {}))
-    else:
-        spec = scalarizer
+    try:
+        if isinstance(scalarizer, str):
+            spec: ScalarizerSpec | None = ScalarizerSpec(
+                name=scalarizer, weights=dict(weights) if weights else None, params=dict(params or {})
+            )
+        elif scalarizer is None and weights is not None:
+            spec = ScalarizerSpec(name="linear", weights=dict(weights), params=dict(params or {}))
+        else:
+            spec = scalarizer
+    except ValidationError as e:
+        raise _invalid_input(e, "scalarizer") from None
     try:
         return ScoreRequest(
             items=items,

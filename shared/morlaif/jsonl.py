@@ -6,29 +6,29 @@ import gzip
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from morlaif.errors import MorlaifError
 
-__all__ = ["JsonlError", "iter_lines", "iter_objects", "open_text"]
+__all__ = ["JsonlError", "iter_lines", "iter_objects"]
 
 
 class JsonlError(MorlaifError):
     """A bad input line; the message starts with `file:line:`."""
 
 
-def open_text(path: Path) -> IO[str]:
-    """A .jsonl (or .jsonl.gz) file opened for reading text."""
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
-
-
 def iter_lines(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | JsonlError]]:
-    """(line number, raw line, object) for every non-blank line; a line that is not a JSON object gives, in the
-    object's place, the `JsonlError` naming it (not raised: the caller decides whether it stops the file)."""
-    with open_text(path) as f:
-        for n, line in enumerate(f, start=1):
+    """(line number, raw line, object) for every non-blank line; a line that is not UTF-8 or not a JSON object
+    gives, in the object's place, the `JsonlError` naming it (not raised: the caller decides whether it stops the
+    file)."""
+    with gzip.open(path, "rb") if path.suffix == ".gz" else path.open("rb") as f:
+        for n, data in enumerate(f, start=1):
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                why = f"not UTF-8 text (byte 0x{data[e.start]:02x} at byte {e.start + 1} of the line)"
+                yield n, data.decode("utf-8", "replace").rstrip("\n"), JsonlError(f"{path}:{n}: {why}")
+                continue
             if not line.strip():
                 continue
             raw = line.rstrip("\n")

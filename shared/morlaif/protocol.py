@@ -51,6 +51,8 @@ __all__ = [
     "Text",
     "ToolCall",
     "Usage",
+    "error_field",
+    "first_error",
     "invalid_text",
     "replace_invalid_text",
 ]
@@ -102,6 +104,35 @@ def _check_deep(value: Any) -> Any:
 
     walk(value, "")
     return value
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "constrained-str"})
+
+
+def error_field(error: Any) -> str | None:
+    """The request field a pydantic error (one of `ValidationError.errors()`) is about, dotted (``items.0.response``).
+
+    pydantic's `loc` also names the member of a union it tried (``str``, ``list[...]``, ``function-after[...]``) and
+    marks a dict key (``[key]`` after the key, which may not even be text): neither is a field, and a bad key is
+    reported at its dict. ``body`` (FastAPI's root) is left out too.
+    """
+    loc: list[str] = []
+    for x in error.get("loc", ()):
+        if x == "[key]":
+            if loc:
+                loc.pop()
+        elif x != "body" and not (isinstance(x, str) and (x in _TYPE_TAGS or "[" in x)):
+            loc.append(str(x))
+    return ".".join(loc) or None
+
+
+def first_error(e: ValidationError | Any) -> Any:
+    """Of `e.errors()`, the one to report: the first our validators raised (a union gives one error per member, and
+    the others only say the value is not of that member's type), else the first."""
+    errors = list(e.errors())
+    return next((x for x in errors if x.get("type") == "value_error"), None) or (
+        errors[0] if errors else {"loc": (), "msg": "invalid request", "type": ""}
+    )
 
 
 #: a string field of a request: valid Unicode text, else a 422 naming the field
@@ -384,7 +415,7 @@ class LoadAdapterRequest(_Model):
         pattern=_VERSION_PATTERN,
         description="Package version directory under <adapter_root>/<name>/ (default: the newest).",
     )
-    path: str | None = Field(
+    path: Text | None = Field(
         default=None, description="Alternative to version: a package directory inside the adapter root."
     )
 

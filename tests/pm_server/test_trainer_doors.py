@@ -447,3 +447,39 @@ def test_a_forwarded_for_header_does_not_make_a_client_trusted(tiny_encoder_dir,
     finally:
         proc.terminate()
         proc.wait(20)
+
+
+def test_score_cli_goes_on_past_bytes_that_are_not_utf8_and_overlong_records(server, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from morlaif.cli import app
+
+    monkeypatch.setenv("MORLAIF_API_KEY", API_KEY)
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    overlong = json.dumps({"prompt": "p" * 70000, "response": "r"}).encode()
+    src.write_bytes(b'{"prompt": "a", "response": "b"}\n\xff\n' + overlong + b'\n{"prompt": "c", "response": "d"}\n')
+    r = CliRunner().invoke(app, ["score", str(src), str(out), "--url", server.url])
+    assert r.exit_code == 2, r.output
+    assert f"{src}:2: not UTF-8 text (byte 0xff" in r.output
+    assert f"{src}:3: prompt has 70000 characters; the server takes 65536" in r.output
+    assert [json.loads(x)["prompt"] for x in out.read_text().splitlines()] == ["a", "c"]
+    rejected = [json.loads(x) for x in (tmp_path / "out.jsonl.rejected.jsonl").read_text().splitlines()]
+    assert [x["line"] for x in rejected] == [2, 3]
+
+
+def test_admin_path_and_client_weights_with_invalid_text(server, monkeypatch):
+    monkeypatch.setenv("MORLAIF_API_KEY", API_KEY)
+    admin = {"Authorization": f"Bearer {ADMIN_KEY}", "content-type": "application/json"}
+    r = httpx.post(server.url + "/v1/adapters", headers=admin, content=b'{"name": "helpfulness", "path": "x\\ud800"}')
+    assert r.status_code == 422 and r.json()["error"]["param"] == "path"
+    with MorlaifClient(server.url, api_key=API_KEY) as c, pytest.raises(InvalidInputError) as e:
+        c.rewards(["p"], ["r"], weights={"brevity\ud800": 1.0})
+    assert e.value.field == "scalarizer.weights"
+    from morlaif.integrations.verl import compute_score
+
+    with pytest.raises(InvalidInputError) as e:
+        compute_score("hh", "bad \ud800", "", {"prompt": HISTORY}, url=server.url)
+    assert e.value.field == "items[0].messages.4.content"
+    from morlaif.integrations import verl
+
+    verl.close()
