@@ -4,9 +4,10 @@ Each output line is the input record plus `scores` (per principle), `reward` (wh
 given) and `versions`. Resumable: records whose `id` (or line number, without ids) is already in the
 output are skipped, and every finished batch is flushed, so an interrupted run loses at most one batch.
 
-A record that cannot be scored (a line that is not JSON, a missing field, text that is not valid Unicode) does
-not stop the others: it is written to ``<output>.rejected.jsonl`` with its line and the reason, and
-`score_file` returns it, so the command can name each one (``file:line: reason``) and exit non-zero.
+A record that cannot be scored (a line that is not UTF-8 or not JSON, a missing field, text that is not valid
+Unicode or longer than the server's max_text_chars) does not stop the others: it is written to
+``<output>.rejected.jsonl`` with its line and the reason, and `score_file` returns it, so the command can name
+each one (``file:line: reason``) and exit non-zero.
 """
 
 from __future__ import annotations

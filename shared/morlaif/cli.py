@@ -80,9 +80,9 @@ def score(
     """Bulk-score a JSONL file through a running PM server, with a progress bar; rerun to resume.
 
     Records are {"prompt", "response"}, chat "messages", or HH-RLHF transcripts {"chosen", "rejected"} (the
-    chosen response is scored). A record that cannot be scored (not JSON, a missing field, text that is not
-    valid Unicode) is named (file:line), written to OUTPUT.rejected.jsonl, and the others are scored; the
-    exit status is then 2. The API key comes from MORLAIF_API_KEY. Examples:
+    chosen response is scored). A record that cannot be scored (not UTF-8 or JSON, a missing field, text that is
+    not valid Unicode or too long) is named (file:line), written to OUTPUT.rejected.jsonl, and the others are
+    scored; the exit status is then 2. The API key comes from MORLAIF_API_KEY. Examples:
 
         morlaif score pairs.jsonl scored.jsonl --scalarizer soft_max_min --weights '{"helpfulness": 1}'
         morlaif score dialogues.jsonl scored.jsonl --condition conditioned.jsonl   # then: morlaif sft conditioned.jsonl
