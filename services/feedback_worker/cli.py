@@ -198,6 +198,10 @@ def run(
     from feedback_worker.worker import run_worker
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if quiet:
+        from morlaif.runs import quiet_libraries
+
+        quiet_libraries()  # the local judge's weights load without a bar in the service's log
     s = _open(store, max_attempts=max_attempts)
     key = os.environ.get(envvars.JUDGE_API_KEY) or os.environ.get(envvars.OPENAI_API_KEY)
     pending = sum(c["pending"] + c["running"] for c in s.status(judge_model).values())

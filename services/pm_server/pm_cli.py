@@ -189,6 +189,10 @@ def train(
         import random
 
         pairs = random.Random(seed).sample(pairs, limit)
+    if quiet:
+        from morlaif.runs import quiet_libraries
+
+        quiet_libraries()
     try:
         result = train_pm(
             pairs,
@@ -203,8 +207,9 @@ def train(
         )
     except TrainError as e:
         raise _fail(str(e)) from None
-    except KeyboardInterrupt:
-        raise _fail("interrupted; the checkpoint is saved: run the same command again to resume", 130) from None
+    except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (runs.Stopped): 130 or 143
+        code = getattr(e, "exit_code", 130)
+        raise _fail("interrupted; the checkpoint is saved: run the same command again to resume", code) from None
     m = result.metrics
     lo, hi = m["val_accuracy_ci95"]
     typer.echo(

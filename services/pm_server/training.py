@@ -25,7 +25,6 @@ import json
 import logging
 import math
 import os
-import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -40,7 +39,7 @@ from safetensors.torch import load_file, save_file
 from morlaif.errors import MorlaifError
 from morlaif.principles import get_principle
 from morlaif.protocol import Calibration
-from morlaif.runs import defer_sigint, git_commit
+from morlaif.runs import StopRequest, defer_stop_signals, git_commit
 from morlaif.runs import progress as progress_bar
 from pm_server.engine import collate
 from pm_server.modeling import BaseModel, load_base, score_head
@@ -431,9 +430,9 @@ def train_pm(
 
     stack = contextlib.ExitStack()
     bar = progress_bar(total_steps, resumed_from, f"train {principle}", progress)
-    interrupted = threading.Event()
+    interrupted = StopRequest()
     try:
-        stack.enter_context(defer_sigint(interrupted))
+        stack.enter_context(defer_stop_signals(interrupted))
         while state["epoch"] < config.epochs and not state.get("stopped_early"):
             epoch = int(state["epoch"])
             # The order of an epoch depends only on (seed, epoch): a resumed run sees the same batches.
@@ -459,8 +458,8 @@ def train_pm(
                 bar.set_postfix(epoch=epoch + 1, loss=f"{running:.3f}")
                 if on_step is not None:
                     on_step(int(state["step"]), lv)
-                if interrupted.is_set():  # Ctrl-C lands here, between steps, so the checkpoint is consistent
-                    raise KeyboardInterrupt
+                if interrupted.is_set():  # Ctrl-C or SIGTERM lands here, between steps: a consistent checkpoint
+                    interrupted.raise_stopped()
                 if state["step"] % config.save_every == 0:
                     checkpoint()
             # 2. validate, keep the best weights, stop when the validation loss stops falling

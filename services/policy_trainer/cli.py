@@ -21,7 +21,13 @@ app = typer.Typer(
 
 ConfigOpt = Annotated[
     Path | None,
-    typer.Option("--config", "-c", help="YAML run configuration (see `morlaif ppo config`); defaults otherwise."),
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="MORLAIF_PPO_CONFIG",
+        help="YAML run configuration (see `morlaif ppo config`); defaults otherwise. Under Docker Compose, "
+        "MORLAIF_PPO_CONFIG in .env names it (e.g. /data/ppo.yaml).",
+    ),
 ]
 SetOpt = Annotated[
     list[str] | None,
@@ -70,6 +76,10 @@ def train_cmd(
     steps: Annotated[int | None, typer.Option(min=1, help="PPO steps (run.steps).")] = None,
     out: Annotated[str | None, typer.Option(help="Run folder (run.out_dir).")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    heartbeat: Annotated[
+        Path | None,
+        typer.Option(help="File touched at the start and after every step (a container health check reads its age)."),
+    ] = None,
 ) -> None:
     """Train a policy with PPO; rerun the same command to resume the run where it stopped.
 
@@ -77,11 +87,13 @@ def train_cmd(
     default). Each step logs the scalarized reward, each principle's score, KL, beta, entropy, clip
     fraction, value loss, approximate KL and the time spent waiting for rewards to metrics.jsonl and
     TensorBoard (out_dir/tb). When the PM server stays down past the retries, the run saves a checkpoint and
-    exits with status 3. Example:
+    exits with status 3. Ctrl-C or SIGTERM (docker stop, Kubernetes) finishes the current step, saves a
+    checkpoint and exits with 130 or 143. Example:
 
         morlaif ppo train --url http://127.0.0.1:8000 --weights-file adapters/weights.json --steps 20 --out runs/demo
     """
     from morlaif.errors import MorlaifError
+    from morlaif.runs import quiet_libraries
     from policy_trainer.train import RewardUnavailableError, train
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -96,15 +108,25 @@ def train_cmd(
     cfg = _load(config, set_, shortcuts)
     if cfg.ppo.lr_schedule == "linear" and cfg.ppo.total_steps == 0:
         cfg.ppo.total_steps = cfg.run.steps
+    if quiet:
+        quiet_libraries()
+    on_step = None
+    if heartbeat is not None:
+        heartbeat.parent.mkdir(parents=True, exist_ok=True)
+        heartbeat.touch()
+
+        def on_step(step: int, stats: dict[str, float]) -> None:
+            heartbeat.touch()
+
     try:
-        result = train(cfg, progress_bar=not quiet)
+        result = train(cfg, progress_bar=not quiet, on_step=on_step)
     except RewardUnavailableError as e:
         raise _fail(str(e), 3) from None
     except (MorlaifError, ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
     if result.interrupted:
         typer.echo(f"stopped at step {result.steps_done}; checkpoint in {result.out_dir}: rerun to resume", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(result.exit_code)
     last = result.history[-1] if result.history else {}
     typer.echo(
         f"done: {result.steps_done} steps in {result.out_dir} (policy in {result.out_dir / 'policy'}); "

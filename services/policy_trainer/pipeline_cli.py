@@ -95,11 +95,13 @@ def sample(
         morlaif sample prompts.jsonl --endpoint http://vllm:8000/v1 --endpoint-model my-sft -k 8 --pairs 6
     """
     from morlaif.errors import MorlaifError
-    from morlaif.runs import progress
+    from morlaif.runs import StopRequest, defer_stop_signals, progress, quiet_libraries
     from policy_trainer.generate import SamplingConfig
     from policy_trainer.sample import EndpointGenerator, LocalGenerator, sample_to_store
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if quiet:
+        quiet_libraries()
     if pairs != "all" and not (pairs.isdigit() and int(pairs) >= 1):
         raise typer.BadParameter(f"{pairs!r}: give `all` or a number >= 1", param_hint="--pairs")
     n_pairs = None if pairs == "all" else int(pairs)
@@ -149,24 +151,27 @@ def sample(
         bar.total = n
         bar.refresh()
 
+    stop = StopRequest()  # Ctrl-C or SIGTERM: the batch in hand is stored, then the command stops
     try:
-        stats = sample_to_store(
-            s,
-            texts,
-            generator,
-            k=k,
-            source=source,
-            pairs=n_pairs,
-            seed=seed,
-            batch_prompts=batch_size,
-            limit=limit,
-            on_start=start,
-            on_batch=bar.update,
-        )
-    except KeyboardInterrupt:
+        with defer_stop_signals(stop):
+            stats = sample_to_store(
+                s,
+                texts,
+                generator,
+                k=k,
+                source=source,
+                pairs=n_pairs,
+                seed=seed,
+                batch_prompts=batch_size,
+                limit=limit,
+                on_start=start,
+                on_batch=bar.update,
+                should_stop=stop.is_set,
+            )
+    except KeyboardInterrupt as e:  # a second signal: the batch in hand is lost, the stored ones are kept
         bar.close()
         typer.echo("interrupted: the batches written so far are kept; run the same command to go on", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(getattr(e, "exit_code", 130)) from None
     except Exception as e:  # an endpoint that keeps failing, a model that cannot generate: say what, keep the rest
         bar.close()
         raise _fail(
@@ -175,6 +180,13 @@ def sample(
     finally:
         s.close()
     bar.close()
+    if stop.is_set():
+        typer.echo(
+            f"stopped after {stats.prompts} prompts: the batches written so far are kept; run the same command to "
+            "go on",
+            err=True,
+        )
+        raise typer.Exit(stop.exit_code)
     typer.echo(
         f"sampled {stats.prompts} prompts ({stats.skipped} done before) x {k}: {stats.responses} new responses, "
         f"{stats.comparisons} new comparisons, source {source!r}\n"
@@ -242,12 +254,21 @@ def sft(
         save_steps=save_steps,
         device=device,
     )
+    if quiet:
+        from morlaif.runs import quiet_libraries
+
+        quiet_libraries()
     try:
         res = run_sft(data, cfg, progress=not quiet)
     except SFTDataError as e:
         raise _fail(str(e)) from None
     except OSError as e:
         raise _fail(f"cannot load {model!r}: {e}") from None
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the checkpoint of the last step is saved
+        raise _fail(
+            f"stopped; the checkpoint is in {out / 'checkpoints'}: run the same command again to resume",
+            getattr(e, "exit_code", 130),
+        ) from None
 
     def f(x: float | None) -> str:
         return "-" if x is None else f"{x:.4f}"

@@ -152,10 +152,12 @@ def sample_to_store(
     limit: int | None = None,
     on_start: Callable[[int], None] | None = None,
     on_batch: Callable[[int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> SampleStats:
     """Sample k responses per prompt not yet sampled under `source`, store them with their comparisons.
 
-    `on_start(n)` is told how many prompts are to be sampled, `on_batch(n)` after each batch is stored."""
+    `on_start(n)` is told how many prompts are to be sampled, `on_batch(n)` after each batch is stored;
+    when `should_stop()` turns true (a signal), it returns after storing the batch in hand."""
     if k < 2:
         raise ValueError("k must be at least 2: comparisons need two responses")
     done = store.sampled_prompts(source)
@@ -200,4 +202,6 @@ def sample_to_store(
         stats.comparisons += added.comparisons
         if on_batch is not None:
             on_batch(len(batch))
+        if should_stop is not None and should_stop():
+            break
     return stats

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from morlaif.jsonl import JsonlError, iter_objects
-from morlaif.runs import git_commit
+from morlaif.runs import StopRequest, defer_stop_signals, git_commit
 from morlaif.store.importers import split_hh
 from policy_trainer.data import hh_messages, messages_to_transcript
 
@@ -143,8 +143,24 @@ def _rows(examples: Sequence[tuple[str, str]], conversational: bool) -> list[dic
     return [{"prompt": p, "completion": " " + r} for p, r in examples]
 
 
+def _save_and_stop_callback(stop: StopRequest) -> Any:
+    """A transformers TrainerCallback: after the step in hand, a stop request saves a checkpoint and ends training."""
+    from transformers import TrainerCallback
+
+    class SaveAndStop(TrainerCallback):
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+            if stop.is_set():
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+    return SaveAndStop()
+
+
 def run_sft(data: Sequence[str | Path], cfg: SFTSettings, *, progress: bool = True) -> SFTResult:
-    """Fine-tune cfg.model on the examples of `data`; resumes from cfg.out/checkpoints when it is there."""
+    """Fine-tune cfg.model on the examples of `data`; resumes from cfg.out/checkpoints when it is there.
+
+    Ctrl-C or SIGTERM ends the step in hand, saves a checkpoint and raises `morlaif.runs.Stopped`."""
     import datasets
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -202,6 +218,7 @@ def run_sft(data: Sequence[str | Path], cfg: SFTSettings, *, progress: bool = Tr
         use_cpu=device.type == "cpu",
         dataloader_num_workers=0,
     )
+    stop = StopRequest()
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -209,10 +226,14 @@ def run_sft(data: Sequence[str | Path], cfg: SFTSettings, *, progress: bool = Tr
         eval_dataset=datasets.Dataset.from_list(_rows(held, conversational)) if held else None,
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=[_save_and_stop_callback(stop)],
     )
     resume = any(ckpt.glob("checkpoint-*"))
     before = trainer.evaluate()["eval_loss"] if held and not resume else None
-    out = trainer.train(resume_from_checkpoint=True if resume else None)
+    with defer_stop_signals(stop):
+        out = trainer.train(resume_from_checkpoint=True if resume else None)
+    if stop.is_set():  # the checkpoint of the last step is saved; the policy is written by the run that ends
+        stop.raise_stopped()
     after = trainer.evaluate()["eval_loss"] if held else None
 
     policy = cfg.out / "policy"

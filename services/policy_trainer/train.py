@@ -23,7 +23,6 @@ import json
 import logging
 import os
 import shutil
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from safetensors.torch import load_file, save_file
 
 from morlaif.client import MorlaifClient, RetryPolicy
 from morlaif.errors import APIStatusError, ClientError, MorlaifError, RetriesExhaustedError
-from morlaif.runs import defer_sigint, git_commit, progress
+from morlaif.runs import StopRequest, defer_stop_signals, git_commit, progress
 from policy_trainer.config import ConfigError, ModelConfig, TrainConfig, config_to_dict
 from policy_trainer.data import read_prompts, render, split_prompts
 from policy_trainer.ppo import PPOTrainer, rng_state, set_rng_state
@@ -68,6 +67,8 @@ class RunResult:
     resumed_from: int
     interrupted: bool
     out_dir: Path
+    # 130 after Ctrl-C, 143 after SIGTERM (the checkpoint of the last finished step is saved); 0 otherwise
+    exit_code: int = 0
     history: list[dict[str, float]]
 
 
@@ -306,12 +307,12 @@ def _loop(
     progress_bar: bool,
     on_step: Callable[[int, dict[str, float]], None] | None,
 ) -> RunResult:
-    interrupted = threading.Event()
+    interrupted = StopRequest()
     history: list[dict[str, float]] = []
     tb = _tensorboard(run.root, resumed_from) if cfg.run.tensorboard else None
     bar = progress(cfg.run.steps, resumed_from, "ppo", progress_bar)
     try:
-        with defer_sigint(interrupted):
+        with defer_stop_signals(interrupted):
             while trainer.steps_done < cfg.run.steps and not interrupted.is_set():
                 step = trainer.steps_done
                 idx = prompt_batches(len(prompts), cfg.ppo.batch_size, cfg.run.seed, step)
@@ -349,6 +350,7 @@ def _loop(
         steps_done=trainer.steps_done,
         resumed_from=resumed_from,
         interrupted=interrupted.is_set(),
+        exit_code=interrupted.exit_code,
         out_dir=run.root,
         history=history,
     )

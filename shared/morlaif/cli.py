@@ -288,6 +288,9 @@ def up(
 
 
 def main() -> None:
+    from morlaif.runs import exit_on_sigterm
+
+    exit_on_sigterm()  # PID 1 in a container ignores SIGTERM otherwise; long loops and servers refine it
     app()
 
 

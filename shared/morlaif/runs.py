@@ -1,7 +1,10 @@
-"""Helpers of long training runs shared by `morlaif pm train` and `morlaif ppo train`.
+"""Helpers of long runs shared by `morlaif pm train`, `ppo train`, `sft` and `sample`.
 
-* `defer_sigint`: the first Ctrl-C only sets a flag, so the loop stops at a step boundary and its
-  checkpoint is consistent; a second Ctrl-C stops at once.
+* `defer_stop_signals`: the first Ctrl-C (SIGINT) or SIGTERM (`docker stop`, a Kubernetes pod's end) only
+  sets a `StopRequest`, so the loop stops at a step boundary, saves a consistent checkpoint and exits with
+  128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM); a second signal stops at once.
+* `exit_on_sigterm`: outside such a loop, SIGTERM unwinds the command (its ``finally`` blocks run) and exits
+  with 143, also as PID 1 in a container, where the kernel would otherwise ignore SIGTERM.
 * `progress`: the tqdm bar of a run, resumable from a step.
 * `git_commit`: the commit of the code, for provenance.
 """
@@ -9,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import subprocess
 import threading
@@ -16,32 +20,110 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["defer_sigint", "git_commit", "progress"]
+__all__ = [
+    "STOP_SIGNALS",
+    "StopRequest",
+    "Stopped",
+    "defer_stop_signals",
+    "exit_on_sigterm",
+    "git_commit",
+    "progress",
+    "quiet_libraries",
+]
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _exit_code(signum: int) -> int:
+    """The shell's status of a command stopped by `signum`: 128 + its number (130 SIGINT, 143 SIGTERM)."""
+    return 128 + int(signum)
+
+
+class Stopped(KeyboardInterrupt):
+    """A run stopped by a signal after saving what it must; `exit_code` is 128 + the signal's number.
+
+    A KeyboardInterrupt, so code that handles Ctrl-C handles SIGTERM the same way."""
+
+    def __init__(self, signum: int = signal.SIGINT) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+        self.exit_code = _exit_code(signum)
+
+
+class StopRequest(threading.Event):
+    """Set by the first SIGINT or SIGTERM inside `defer_stop_signals`; `signum` says which one."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.signum: int | None = None
+
+    def request(self, signum: int) -> None:
+        self.signum = int(signum)
+        self.set()
+
+    @property
+    def exit_code(self) -> int:
+        """130 after Ctrl-C, 143 after SIGTERM (0 when no stop was asked)."""
+        return 0 if self.signum is None else _exit_code(self.signum)
+
+    def raise_stopped(self) -> None:
+        """Raise `Stopped` for the signal that set this request (after the caller saved its state)."""
+        raise Stopped(self.signum if self.signum is not None else signal.SIGINT)
 
 
 @contextlib.contextmanager
-def defer_sigint(flag: threading.Event) -> Iterator[None]:
-    """The first Ctrl-C sets `flag` (the loop stops after the current step); a second one stops at once."""
+def defer_stop_signals(stop: StopRequest) -> Iterator[StopRequest]:
+    """The first SIGINT or SIGTERM sets `stop` (the loop stops after the current step); a second one raises
+    `Stopped` at once. Outside the main thread signals cannot be caught: the context does nothing there."""
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield stop
         return
 
     def handler(signum: int, frame: Any) -> None:
-        if flag.is_set():
-            raise KeyboardInterrupt
-        flag.set()
+        if stop.is_set():
+            raise Stopped(signum)
+        stop.request(signum)
 
-    previous = signal.signal(signal.SIGINT, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}
     try:
-        yield
+        yield stop
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(_exit_code(signum))
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM raises SystemExit(143) in the main thread: the command unwinds and exits at once.
+
+    Python's default leaves SIGTERM to the kernel, which kills the process without running ``finally``
+    blocks, and ignores it altogether in PID 1 (a container without an init), so `docker stop` waited out
+    its grace period and killed the process. Loops that can stop at a safe point override this with
+    `defer_stop_signals`; servers (uvicorn, the feedback worker) install their own handlers."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
 
 
 def progress(total: int, initial: int, desc: str, enabled: bool, unit: str = "step") -> Any:
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, unit=unit, disable=not enabled, dynamic_ncols=True)
+
+
+def quiet_libraries() -> None:
+    """No progress bars from transformers and huggingface_hub (loading weights, dequantising a GGUF): what
+    `--quiet` promises, so a service's log under Docker or Kubernetes holds log lines only."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+        from transformers.utils import logging as hf_logging
+    except ImportError:  # pragma: no cover - both come with transformers
+        return
+    disable_progress_bars()
+    hf_logging.disable_progress_bar()
 
 
 def git_commit() -> str | None:

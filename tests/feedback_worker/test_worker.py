@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import time
+from pathlib import Path
 
 import pytest
 
@@ -328,12 +329,15 @@ def test_report_agreement_and_heatmap(store, live_server, tmp_path):
 
 
 @pytest.mark.slow
-def test_local_smollm2_judge(tmp_path_factory):
+def test_local_smollm2_judge(tmp_path_factory, monkeypatch):
     from feedback_worker.local_judge import TransformersJudge
 
     cache = tmp_path_factory.getbasetemp() / "models"
-    judge = TransformersJudge(cache_dir=cache)  # dequantises the packaged GGUF once, then reads the copy
+    monkeypatch.setenv("MORLAIF_MODEL_CACHE", str(cache))  # the cache every service shares (compose sets it)
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    judge = TransformersJudge()  # dequantises the packaged GGUF once into the model cache, then reads the copy
     assert (cache / "SmolLM2-135M-Instruct" / "model.safetensors").is_file()
+    assert not (Path.cwd() / "var").exists()  # before: a second copy under ./var/models, whatever the setting
     phrase = "the most factually accurate and best avoids common misconceptions"
     q, paris, berlin = "What is the capital of France?", "It is Paris.", "It is Berlin."
     ab = asyncio.run(judge.judge(phrase, q, paris, berlin))

@@ -235,7 +235,7 @@ def test_train_from_the_label_store_uses_soft_labels(tmp_path, tiny_encoder_dir)
     assert m["metrics"]["val_accuracy"] > 0.9, res.stdout
 
 
-def test_ctrl_c_saves_a_consistent_checkpoint_and_the_rerun_resumes(tmp_path, tiny_encoder_dir):
+def test_ctrl_c_or_sigterm_saves_a_consistent_checkpoint_and_the_rerun_resumes(tmp_path, tiny_encoder_dir):
     import signal
     import time
 
@@ -245,7 +245,7 @@ def test_ctrl_c_saves_a_consistent_checkpoint_and_the_rerun_resumes(tmp_path, ti
             "--data", str(f), "--run-dir", str(run), "--base", str(tiny_encoder_dir), "--out-root", str(tmp_path / "a"),
             "--epochs", "200", "--patience", "200", "--max-length", "64", "--device", "cpu", "--quiet"]  # fmt: skip
 
-    def interrupt_after(predicate) -> tuple[int, str]:
+    def interrupt_after(predicate, sig=signal.SIGINT) -> tuple[int, str]:
         proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -253,7 +253,7 @@ def test_ctrl_c_saves_a_consistent_checkpoint_and_the_rerun_resumes(tmp_path, ti
             if predicate(state):
                 break
             time.sleep(0.1)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
         return proc.returncode, err
 
@@ -266,8 +266,10 @@ def test_ctrl_c_saves_a_consistent_checkpoint_and_the_rerun_resumes(tmp_path, ti
     assert state["step"] == state["epoch"] * steps_per_epoch + state["batch_in_epoch"] > 0
     assert (run / "optim.pt").is_file() and (run / "weights.safetensors").is_file()
     first = state["step"]
-    rc, err = interrupt_after(lambda s: s.get("step", 0) > first)
-    assert rc == 130 and f"at step {first}" in err, err
+    # SIGTERM (docker stop, Kubernetes) the same way, with its own status: 143
+    rc, err = interrupt_after(lambda s: s.get("step", 0) > first, signal.SIGTERM)
+    assert rc == 143 and f"at step {first}" in err and "Traceback" not in err, err
+    assert json.loads((run / "state.json").read_text())["step"] > first
 
 
 def test_pooled_training_from_the_store_takes_every_principle(tmp_path, tiny_encoder_dir):

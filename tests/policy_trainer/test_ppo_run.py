@@ -219,3 +219,38 @@ def test_a_principle_the_server_lacks_fails_before_the_policy_loads(rule_server,
     with pytest.raises(ConfigError, match="does not serve tact"):
         train(cfg, progress_bar=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_sigterm_finishes_the_step_saves_a_checkpoint_and_exits_143(rule_server, tiny_lm_dir, prompt_file, tmp_path):
+    """`docker stop` / a Kubernetes pod's end: before, SIGTERM killed the run and lost up to save_every steps."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_lm_dir, prompt_file, out, rule_server.url, steps=200, **{"run.save_every": 200})
+    (tmp_path / "ppo.yaml").write_text(default_yaml(cfg))
+    heartbeat = tmp_path / "alive"
+    argv = [sys.executable, "-c", "from morlaif.cli import main; main()", "ppo", "train", "--quiet",
+            "--heartbeat", str(heartbeat)]  # fmt: skip
+    env = {**os.environ, "MORLAIF_PPO_CONFIG": str(tmp_path / "ppo.yaml")}  # what compose sets
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.05)
+    touched = heartbeat.stat().st_mtime
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "checkpoint in" in err and "rerun to resume" in err and "Traceback" not in err
+    done = [r["step"] for r in metrics(out)]
+    state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
+    assert 2 <= state["steps_done"] == done[-1] < 200  # the step in hand finished and was saved
+    assert heartbeat.stat().st_mtime >= touched  # touched at the start and after every step
+    res = subprocess.run([*argv, "--steps", str(done[-1] + 1)], capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert [r["step"] for r in metrics(out)] == [*done, done[-1] + 1]

@@ -160,6 +160,17 @@ def test_a_resumed_run_ends_where_an_uninterrupted_one_does(tmp_path, tiny, tiny
         parts.close()
 
 
+def test_a_stop_request_stores_the_batch_in_hand_and_a_rerun_goes_on(store, tiny, tiny_lm_dir):
+    """Ctrl-C or SIGTERM (the CLI's StopRequest): the batch being generated is stored, then sampling stops."""
+    gen = local(tiny, tiny_lm_dir)
+    asked = []
+    stats = sample_to_store(store, PROMPTS, gen, k=2, source="s", batch_prompts=1,
+                            should_stop=lambda: asked.append(1) or True)  # fmt: skip
+    assert stats.prompts == 1 and len(asked) == 1 and {p.text for p in rows(store, Prompt)} == {PROMPTS[0]}
+    again = sample_to_store(store, PROMPTS, gen, k=2, source="s", batch_prompts=1)
+    assert again.skipped == 1 and again.prompts == 2
+
+
 def test_a_random_subset_of_pairs_per_prompt(store, tiny, tiny_lm_dir):
     sample_to_store(store, PROMPTS, local(tiny, tiny_lm_dir), k=4, source="s", pairs=2, seed=5)
     with Session(store.engine) as s:

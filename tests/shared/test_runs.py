@@ -1,0 +1,51 @@
+"""Stop signals of long runs: the first SIGINT/SIGTERM asks for a stop at a safe point, a second one stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from morlaif.runs import Stopped, StopRequest, defer_stop_signals
+
+
+@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_the_first_signal_asks_the_second_stops_and_the_handlers_come_back(sig, code):
+    before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopRequest()
+    with defer_stop_signals(stop):
+        os.kill(os.getpid(), sig)
+        assert stop.is_set() and stop.signum == sig and stop.exit_code == code
+        with pytest.raises(Stopped) as info:
+            os.kill(os.getpid(), sig)
+        assert info.value.exit_code == code and isinstance(info.value, KeyboardInterrupt)
+        with pytest.raises(Stopped) as raised:
+            stop.raise_stopped()
+        assert raised.value.signum == sig
+    assert {s: signal.getsignal(s) for s in before} == before
+    assert StopRequest().exit_code == 0
+
+
+def test_sigterm_outside_a_loop_unwinds_the_command_and_exits_143():
+    """As PID 1 in a container SIGTERM was ignored; in any process it killed without running `finally`."""
+    code = textwrap.dedent(
+        """
+        import os, signal, sys, time
+        from morlaif.runs import exit_on_sigterm
+        exit_on_sigterm()
+        try:
+            print("ready", flush=True)
+            time.sleep(60)
+        finally:
+            print("cleaned up", flush=True)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 143 and "cleaned up" in out
