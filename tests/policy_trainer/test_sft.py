@@ -114,3 +114,35 @@ def test_the_cli_names_the_bad_line(tmp_path, tiny_lm_dir, line, words):
     out = CliRunner().invoke(cli, ["sft", str(f), "--model", str(tiny_lm_dir), "--out", str(tmp_path / "o")])
     assert out.exit_code == 2, out.output
     assert f"bad.jsonl:2: {words}" in out.output
+
+
+def test_sigterm_saves_the_step_in_hand_and_a_rerun_finishes(tmp_path, tiny_lm_dir, monkeypatch):
+    """docker stop / a pod's end mid-run: before, SIGTERM killed it and lost every step since save_steps."""
+    import os
+    import signal
+
+    import policy_trainer.sft as sft_module
+    from morlaif.runs import Stopped
+
+    real = sft_module._save_and_stop_callback
+
+    def signalling(stop):
+        callback = real(stop)
+
+        class SignalAtStepTwo(type(callback)):
+            def on_step_begin(self, args, state, control, **kwargs):
+                if state.global_step == 1:  # a signal arrives while step 2 runs
+                    os.kill(os.getpid(), signal.SIGTERM)
+
+        return SignalAtStepTwo()
+
+    monkeypatch.setattr(sft_module, "_save_and_stop_callback", signalling)
+    data = [data_file(tmp_path)]
+    with pytest.raises(Stopped) as info:
+        run_sft(data, settings(tmp_path, tiny_lm_dir), progress=False)  # save_steps=1000: no periodic save
+    assert info.value.exit_code == 143
+    assert [p.name for p in (tmp_path / "run" / "checkpoints").glob("checkpoint-*")] == ["checkpoint-2"]
+    assert not (tmp_path / "run" / "policy").exists()  # the policy is written by the run that finishes
+    monkeypatch.setattr(sft_module, "_save_and_stop_callback", real)
+    res = run_sft(data, settings(tmp_path, tiny_lm_dir), progress=False)
+    assert res.steps == 20 and (res.out / "policy").is_dir()
