@@ -31,16 +31,19 @@ install: $(STAMP)
 up: $(STAMP)
 	$(VENV)/bin/morlaif up --adapter-root $(ADAPTERS) --port $(PORT) $(UP_ARGS)
 
-# Debian's docker-compose and kubectl check docker-compose.yml and k8s/ in the tests, its chromium runs the
-# console's browser tests: installed here when missing and apt-get can (as root); elsewhere those tests skip,
-# saying why.
-TOOLS := docker-compose kubectl chromium
+# Debian's docker-compose and kubectl check docker-compose.yml and k8s/ in the tests, its Docker engine
+# (docker.io) and debootstrap build and run the whole stack (tests/deploy/test_stack.py), its chromium runs
+# the console's browser tests: installed here when missing and apt-get can (as root); elsewhere those tests
+# skip, saying why.
+TOOLS := docker-compose kubectl chromium docker.io debootstrap
 tools:
-	@command -v docker-compose >/dev/null && command -v kubectl >/dev/null && command -v chromium >/dev/null || \
+	@command -v docker-compose >/dev/null && command -v kubectl >/dev/null && command -v chromium >/dev/null && \
+	  command -v dockerd >/dev/null && command -v debootstrap >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	    { apt-get install -y -qq $(TOOLS) >/dev/null 2>&1 || \
 	      { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq $(TOOLS) >/dev/null 2>&1; }; } \
-	  || echo "note: docker-compose/kubectl/chromium not installed; the deployment and browser tests will skip"; }
+	  || echo "note: docker-compose/kubectl/chromium/docker.io/debootstrap not installed; the deployment and" \
+	          "browser tests will skip"; }
 
 test: $(STAMP) tools
 	$(PY) -m ruff check shared services tests benchmarks examples

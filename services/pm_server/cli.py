@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -100,6 +101,10 @@ def serve(
             typer.echo(f"error: {e}", err=True)
             raise typer.Exit(2) from None
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not sys.stderr.isatty():  # a service's log (Docker, Kubernetes, `morlaif up`): log lines, no progress bars
+        from morlaif.runs import quiet_libraries
+
+        quiet_libraries()
     import uvicorn
 
     from pm_server.api import create_app

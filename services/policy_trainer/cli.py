@@ -124,6 +124,8 @@ def train_cmd(
         raise _fail(str(e), 3) from None
     except (MorlaifError, ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
+    except OSError as e:  # a run folder it cannot write (a volume owned by another user), a full disk
+        raise _fail(f"{e.strerror or e}: {e.filename or cfg.run.out_dir}") from None
     if result.interrupted:
         typer.echo(f"stopped at step {result.steps_done}; checkpoint in {result.out_dir}: rerun to resume", err=True)
         raise typer.Exit(result.exit_code)

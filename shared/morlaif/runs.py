@@ -114,9 +114,11 @@ def progress(total: int, initial: int, desc: str, enabled: bool, unit: str = "st
 
 
 def quiet_libraries() -> None:
-    """No progress bars from transformers and huggingface_hub (loading weights, dequantising a GGUF): what
-    `--quiet` promises, so a service's log under Docker or Kubernetes holds log lines only."""
+    """No progress bars from transformers, huggingface_hub and plain tqdm (loading weights, dequantising a
+    GGUF): what `--quiet` promises, so a service's log under Docker or Kubernetes holds log lines only."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # the default of every tqdm bar that does not choose for itself (transformers' GGUF dequantisation)
+    os.environ.setdefault("TQDM_DISABLE", "1")
     try:
         from huggingface_hub.utils import disable_progress_bars
         from transformers.utils import logging as hf_logging

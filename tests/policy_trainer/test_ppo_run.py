@@ -254,3 +254,17 @@ def test_sigterm_finishes_the_step_saves_a_checkpoint_and_exits_143(rule_server,
     res = subprocess.run([*argv, "--steps", str(done[-1] + 1)], capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert [r["step"] for r in metrics(out)] == [*done, done[-1] + 1]
+
+
+def test_a_run_folder_it_cannot_make_is_a_clear_error(rule_server, tiny_lm_dir, prompt_file, tmp_path):
+    """Found by the Docker smoke test: a volume the trainer's user cannot write gave a traceback and exit 1."""
+    from typer.testing import CliRunner
+
+    from morlaif.cli import app
+
+    (tmp_path / "a-file").write_text("not a folder")
+    out = tmp_path / "a-file" / "run"
+    (tmp_path / "ppo.yaml").write_text(default_yaml(tiny_config(tiny_lm_dir, prompt_file, out, rule_server.url)))
+    res = CliRunner().invoke(app, ["ppo", "train", "--config", str(tmp_path / "ppo.yaml"), "--quiet"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert f"error: Not a directory: {out}" in res.output

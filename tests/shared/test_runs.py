@@ -49,3 +49,26 @@ def test_sigterm_outside_a_loop_unwinds_the_command_and_exits_143():
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=30)
     assert proc.returncode == 143 and "cleaned up" in out
+
+
+def test_quiet_libraries_leaves_no_library_progress_bar_in_a_services_log():
+    """Found by the Docker smoke test: transformers' GGUF dequantisation bar (plain tqdm) and its weight-loading
+    bar filled the local judge's log under --quiet."""
+    code = textwrap.dedent(
+        """
+        from morlaif.runs import quiet_libraries
+        quiet_libraries()
+        from tqdm.auto import tqdm
+        from transformers.utils import logging
+        for _ in tqdm(range(3), desc="library-bar"):  # as transformers' GGUF loader makes it
+            pass
+        for _ in logging.tqdm(range(3), desc="hf-bar"):  # as from_pretrained's "Loading weights"
+            pass
+        for _ in tqdm(range(3), desc="chosen-bar", disable=False):  # a bar that decides for itself still shows
+            pass
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TQDM_", "HF_HUB_DISABLE"))}
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, res.stderr
+    assert "library-bar" not in res.stderr and "hf-bar" not in res.stderr and "chosen-bar" in res.stderr
