@@ -8,9 +8,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from morlaif import envvars
@@ -38,6 +41,24 @@ def smollm2_gguf() -> Path:
     return path
 
 
+@contextlib.contextmanager
+def _gguf_progress_bar(enabled: bool) -> Iterator[None]:
+    """transformers' GGUF loader draws a plain tqdm bar that no transformers setting turns off, and tqdm reads
+    TQDM_DISABLE only when it is imported; `--quiet` (morlaif.runs.quiet_libraries) sets TQDM_DISABLE, and
+    here the loader's bar follows it."""
+    if enabled:
+        yield
+        return
+    from transformers import modeling_gguf_pytorch_utils as loader
+
+    bar = loader.tqdm
+    loader.tqdm = functools.partial(bar, disable=True)
+    try:
+        yield
+    finally:
+        loader.tqdm = bar
+
+
 def smollm2_dir(cache_dir: Path | None = None) -> Path:
     """A float safetensors copy of SmolLM2-135M-Instruct (causal LM + tokenizer), made once from the GGUF."""
     cached = (cache_dir or model_cache()) / "SmolLM2-135M-Instruct"
@@ -48,8 +69,9 @@ def smollm2_dir(cache_dir: Path | None = None) -> Path:
 
     gguf = smollm2_gguf()
     logger.warning("dequantising %s (about 30 s, once; cached in %s)", gguf.name, cached)
-    m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    with _gguf_progress_bar(enabled=os.environ.get("TQDM_DISABLE", "").lower() not in ("1", "true")):
+        m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # the weights are plain float now; transformers still marks the model as GGUF-quantized
     m.hf_quantizer = None
     if hasattr(m.config, "quantization_config"):

@@ -190,11 +190,13 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def build_image(tag: str, python_image: str) -> float:
-    """docker/Dockerfile built as the user builds it, with the bases and torch index of this rig; seconds."""
+def build_image(tag: str, python_image: str, target: str | None = None) -> float:
+    """docker/Dockerfile built as the user builds it (`target`: a stage, else the default, the last), with the
+    bases and torch index of this rig; seconds."""
     started = time.monotonic()
     with serve_folder(torch_index()) as url:
         sh(["docker", "build", "-q", "--network", "host", "-f", str(ROOT / "docker" / "Dockerfile"),
+            *(["--target", target] if target else []),
             "--build-arg", f"PYTHON_IMAGE={python_image}", "--build-arg", f"TORCH_INDEX={url}/simple",
             "-t", tag, str(ROOT)], env=docker_env(), timeout=1800)  # fmt: skip
     return time.monotonic() - started

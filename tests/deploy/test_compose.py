@@ -84,6 +84,7 @@ def test_every_service_command_parses_in_our_cli_and_every_env_var_is_read(rende
     example = re.findall(r"^(MORLAIF_[A-Z_]+)=", (ROOT / ".env.example").read_text(), flags=re.M)
     compose_only = {
         "MORLAIF_IMAGE",
+        "MORLAIF_SERVE_IMAGE",
         "MORLAIF_ADAPTERS_DIR",
         "MORLAIF_MODELS_DIR",
         "MORLAIF_PUBLISH",

@@ -122,7 +122,8 @@ def test_every_container_command_parses_in_our_cli_and_every_env_var_is_read(ove
     cm = configmap_env(docs)
     known = cli_env_vars()
     workloads = [*by_kind(docs, "Deployment").values(), *by_kind(docs, "Job").values()]
-    ours = [(w, c) for w in workloads for c in pod_spec(w)["containers"] if c["image"].startswith("morlaif:")]
+    ours = [(w, c) for w in workloads for c in pod_spec(w)["containers"]
+            if c["image"].startswith(("morlaif:", "morlaif-serve:"))]  # fmt: skip
     assert {w["metadata"]["name"] for w, _ in ours} == {"pm-server", "feedback-worker", "ppo-train"}
     for w, c in ours:
         env = dict(cm)
@@ -152,7 +153,7 @@ def test_gpu_overlay_asks_for_gpus_and_runs_a_vllm_judge_the_workers_use():
         assert c["resources"]["limits"]["nvidia.com/gpu"] == "1"
         assert pod_spec(deps[name])["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
     assert pod_spec(by_kind(docs, "Job")["ppo-train"])["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
-    assert pod_spec(deps["pm-server"])["containers"][0]["image"] == "morlaif:cuda"
+    assert pod_spec(deps["pm-server"])["containers"][0]["image"] == "morlaif-serve:cuda"  # the serve target
     cm = configmap_env(docs)
     judge_svc = by_kind(docs, "Service")["vllm-judge"]
     assert cm["MORLAIF_JUDGE_BASE_URL"] == f"http://{judge_svc['metadata']['name']}:8000/v1"

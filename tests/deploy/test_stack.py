@@ -24,7 +24,8 @@ import pytest
 from docker_rig import CACHE, ROOT, base_images, build_image, docker_env, engine_unavailable, sh
 
 pytestmark = pytest.mark.timeout(1800)
-IMAGE = "morlaif-smoke:test"
+IMAGE = "morlaif-smoke:test"  # the default target: every service but the PM server
+SERVE_IMAGE = "morlaif-smoke-serve:test"  # the serve target: the PM server
 API_KEY = "smoke-api-key-0123456789abcdef"
 ADMIN_KEY = "smoke-admin-key-0123456789abcdef"
 HEALTH_TIMEOUT = 420
@@ -88,7 +89,7 @@ def _leftovers(project: str) -> dict[str, list[str]]:
         "containers": sh(["docker", "ps", "-aq", "--filter", label]).stdout.split(),
         "volumes": sh(["docker", "volume", "ls", "-q", "--filter", label]).stdout.split(),
         "networks": sh(["docker", "network", "ls", "-q", "--filter", label]).stdout.split(),
-        "images": sh(["docker", "images", "-q", IMAGE]).stdout.split(),
+        "images": [i for ref in (IMAGE, SERVE_IMAGE) for i in sh(["docker", "images", "-q", ref]).stdout.split()],
     }
 
 
@@ -102,7 +103,9 @@ def stack():
     bases = base_images()
     timings["bases_s"] = time.monotonic() - t
     timings["build_s"] = build_image(IMAGE, bases["python"])
-    timings["image_mb"] = int(sh(["docker", "image", "inspect", "-f", "{{.Size}}", IMAGE]).stdout) / 2**20
+    timings["build_serve_s"] = build_image(SERVE_IMAGE, bases["python"], target="serve")
+    for name, ref in (("image_mb", IMAGE), ("serve_image_mb", SERVE_IMAGE)):
+        timings[name] = int(sh(["docker", "image", "inspect", "-f", "{{.Size}}", ref]).stdout) / 2**20
     project = f"morlaifsmoke{os.getpid()}"
     # bind-mounted folders must be readable by the image's user (uid 10001): not pytest's private tmp
     work = CACHE / project
@@ -122,7 +125,8 @@ def stack():
                    "print(s.getsockname()[1])"]).stdout)  # fmt: skip
     env = _env_file(work / "env", {
         "MORLAIF_API_KEY": API_KEY, "MORLAIF_ADMIN_KEY": ADMIN_KEY, "POSTGRES_PASSWORD": "smoke-pg-password",
-        "MORLAIF_JUDGE_MODEL": "local", "MORLAIF_IMAGE": IMAGE, "MORLAIF_PYTHON_IMAGE": bases["python"],
+        "MORLAIF_JUDGE_MODEL": "local", "MORLAIF_IMAGE": IMAGE, "MORLAIF_SERVE_IMAGE": SERVE_IMAGE,
+        "MORLAIF_PYTHON_IMAGE": bases["python"],
         "MORLAIF_POSTGRES_IMAGE": bases["postgres"], "MORLAIF_PUBLISH": f"127.0.0.1:{port}",
         "MORLAIF_ADAPTERS_DIR": str(ROOT / "adapters"), "MORLAIF_MODELS_DIR": str(work / "models"),
         "MORLAIF_DATA_DIR": str(work / "data"), "MORLAIF_PPO_CONFIG": "/data/ppo.yaml",
@@ -134,7 +138,7 @@ def stack():
         yield s
     finally:
         s.compose("--profile", "train", "down", "-v", "--remove-orphans", check=False)
-        sh(["docker", "rmi", "--no-prune", IMAGE], check=False)  # its layers stay as the build cache
+        sh(["docker", "rmi", "--no-prune", IMAGE, SERVE_IMAGE], check=False)  # their layers stay as the build cache
         shutil.rmtree(work, ignore_errors=True)
         (CACHE / "timings.json").write_text(json.dumps({k: round(v, 1) for k, v in s.timings.items()}, indent=2))
 
@@ -158,6 +162,14 @@ def test_2_the_readmes_score_call_answers_with_the_key(stack):
     assert r.status_code == 200, r.text
     rewards = [item["reward"] for item in r.json()["results"]]
     assert len(rewards) == 2 and all(isinstance(x, float) for x in rewards) and rewards[0] > rewards[1]
+
+
+def test_2b_the_pm_server_runs_the_smaller_serve_image(stack):
+    (pm,) = stack.containers("pm_server")
+    assert json.loads(sh(["docker", "inspect", "-f", "{{json .Config.Image}}", pm]).stdout) == SERVE_IMAGE
+    res = sh(["docker", "exec", pm, "python", "-c", "import trl"], check=False)
+    assert res.returncode == 1 and "No module named 'trl'" in res.stderr  # the trainer's dependencies stay out
+    assert stack.timings["serve_image_mb"] < 0.8 * stack.timings["image_mb"]
 
 
 def test_3_a_worker_labels_a_job_with_the_local_judge_in_postgresql(stack):
@@ -289,5 +301,5 @@ def test_8_down_leaves_nothing_behind(stack):
     t = time.monotonic()
     stack.compose("--profile", "train", "down", "-v", "--remove-orphans")
     stack.timings["down_s"] = time.monotonic() - t
-    sh(["docker", "rmi", "--no-prune", IMAGE])
+    sh(["docker", "rmi", "--no-prune", IMAGE, SERVE_IMAGE])
     assert _leftovers(stack.project) == {"containers": [], "volumes": [], "networks": [], "images": []}

@@ -329,14 +329,21 @@ def test_report_agreement_and_heatmap(store, live_server, tmp_path):
 
 
 @pytest.mark.slow
-def test_local_smollm2_judge(tmp_path_factory, monkeypatch):
+def test_local_smollm2_judge(tmp_path_factory, monkeypatch, capfd):
+    import tqdm  # imported before --quiet's TQDM_DISABLE, as the worker's CLI has it: the bar must still go
+
     from feedback_worker.local_judge import TransformersJudge
 
+    assert tqdm
     cache = tmp_path_factory.getbasetemp() / "models"
     monkeypatch.setenv("MORLAIF_MODEL_CACHE", str(cache))  # the cache every service shares (compose sets it)
+    monkeypatch.setenv("TQDM_DISABLE", "1")  # what `feedback run --quiet` sets (morlaif.runs.quiet_libraries)
     monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
+    fresh = not (cache / "SmolLM2-135M-Instruct").exists()
     judge = TransformersJudge()  # dequantises the packaged GGUF once into the model cache, then reads the copy
     assert (cache / "SmolLM2-135M-Instruct" / "model.safetensors").is_file()
+    if fresh:  # before: transformers' "Converting and de-quantizing GGUF tensors" bar, under --quiet too
+        assert "de-quantizing" not in capfd.readouterr().err
     assert not (Path.cwd() / "var").exists()  # before: a second copy under ./var/models, whatever the setting
     phrase = "the most factually accurate and best avoids common misconceptions"
     q, paris, berlin = "What is the capital of France?", "It is Paris.", "It is Berlin."
