@@ -26,7 +26,9 @@ def _instructions(d, name: str) -> list[str]:
 
 def test_both_targets_run_as_a_non_root_user_with_a_health_check(dockerfile):
     stages = [i["value"].split()[-1] for i in dockerfile.structure if i["instruction"] == "FROM"]
-    assert stages == ["base", "serve", "full"]  # `full`, the last, is what a plain `docker build` makes
+    # the dependency stages come before any code (the classic builder's cache ends at the first change);
+    # `full`, the last, is what a plain `docker build` makes
+    assert stages == ["base", "serve-deps", "full-deps", "serve", "full"]
     users = _instructions(dockerfile, "USER")
     assert len(users) == 2 and not {"root", "0"} & set(users)
     checks = _instructions(dockerfile, "HEALTHCHECK")
