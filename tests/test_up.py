@@ -119,3 +119,40 @@ def test_up_refuses_a_taken_port_and_a_public_address_without_keys(tmp_path, mon
     res = subprocess.run([*UP, "--host", "0.0.0.0"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert res.returncode == 2 and "set MORLAIF_API_KEY and MORLAIF_ADMIN_KEY" in res.stderr
     assert not Path(tmp_path / "var").exists()
+
+
+def test_up_reads_the_keys_from_dot_env_as_the_server_does(tiny_encoder_dir, tmp_path, unused_port, monkeypatch):
+    """Found by a fresh-clone check: with the keys only in ./.env (as docker compose wants them), the server
+    required them but `up` printed a keyless curl (401) and could not list the principles."""
+    import os
+
+    import httpx
+
+    monkeypatch.delenv("MORLAIF_API_KEY", raising=False)
+    monkeypatch.delenv("MORLAIF_ADMIN_KEY", raising=False)
+    key = "dot-env-api-key-0123456789abcdef"
+    (tmp_path / ".env").write_text(f"MORLAIF_API_KEY={key}\nMORLAIF_ADMIN_KEY=dot-env-admin-key-0123456789ab\n")
+    cmd = [*UP, "--port", str(unused_port), "--base", str(tiny_encoder_dir), "--adapter-root", str(tmp_path / "a")]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MORLAIF_") or k == "MORLAIF_DTYPE"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, env=env)
+    out = Lines(proc)
+    try:
+        out.wait_for("morlaif is up", proc)
+        assert "brevity" in out.wait_for("|   principles", proc)  # its own call carried the key
+        curl = out.wait_for("|     curl -s", proc)
+        assert 'Authorization: Bearer $MORLAIF_API_KEY"' in curl
+        assert "set -a; . ./.env; set +a" in out.wait_for("the key is in ./.env", proc)
+        url = f"http://127.0.0.1:{unused_port}/v1/score"
+        body = {"items": [{"prompt": "q", "response": "a"}]}
+        assert httpx.post(url, json=body, timeout=30).status_code == 401
+        assert httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code == 200
+        proc.send_signal(signal.SIGINT)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        out.thread.join(5)
+        assert proc.stdout is not None
+        proc.stdout.close()
+    assert proc.returncode == 0 and any("stopped: pm_server (ok)" in line for line in out.lines), out.lines[-20:]

@@ -127,7 +127,11 @@ def train_cmd(
     except OSError as e:  # a run folder it cannot write (a volume owned by another user), a full disk
         raise _fail(f"{e.strerror or e}: {e.filename or cfg.run.out_dir}") from None
     if result.interrupted:
-        typer.echo(f"stopped at step {result.steps_done}; checkpoint in {result.out_dir}: rerun to resume", err=True)
+        typer.echo(
+            f"stopped at step {result.steps_done}; checkpoint in {result.out_dir}: run the same command again to "
+            "resume",
+            err=True,
+        )
         raise typer.Exit(result.exit_code)
     last = result.history[-1] if result.history else {}
     typer.echo(

@@ -89,7 +89,8 @@ def sample(
     label store, ready for `morlaif feedback enqueue --source SOURCE`.
 
     Every response records its model, backend and sampling settings. Work is written a batch at a time;
-    Ctrl-C or a crash loses at most the batch in progress, and the same command resumes. Examples:
+    Ctrl-C or SIGTERM stores the batch in hand and stops (exit 130 or 143); a crash loses at most the batch in
+    progress; the same command resumes. Examples:
 
         morlaif sample ../shared/data/hh-rlhf/helpful-base-dev.jsonl.gz -k 4 --limit 100
         morlaif sample prompts.jsonl --endpoint http://vllm:8000/v1 --endpoint-model my-sft -k 8 --pairs 6

@@ -193,7 +193,12 @@ def up(
 
     from morlaif.up import Service, Supervisor, install_stop_handlers, port_in_use, wait_ready
 
-    keyed = bool(os.environ.get(envvars.API_KEY)) and bool(os.environ.get(envvars.ADMIN_KEY))
+    from dotenv import dotenv_values
+
+    # the server reads its keys as pydantic-settings does: the environment first, then ./.env
+    dotenv = {k: v for k, v in dotenv_values(".env").items() if v} if Path(".env").is_file() else {}
+    api_key = os.environ.get(envvars.API_KEY) or dotenv.get(envvars.API_KEY)
+    keyed = bool(api_key) and bool(os.environ.get(envvars.ADMIN_KEY) or dotenv.get(envvars.ADMIN_KEY))
     from pm_server.config import is_loopback
 
     if not keyed and not is_loopback(host):
@@ -245,7 +250,7 @@ def up(
         why = wait_ready(url + "/readyz", sup, "pm_server", ready_timeout, stop)
         if why is None:
             auth = ' -H "Authorization: Bearer $MORLAIF_API_KEY"' if keyed else ""
-            headers = {"Authorization": f"Bearer {os.environ[envvars.API_KEY]}"} if keyed else {}
+            headers = {"Authorization": f"Bearer {api_key}"} if keyed else {}
             try:
                 listed = httpx.get(url + "/v1/principles", headers=headers, timeout=10).json()["principles"]
                 names = ", ".join(f"{p['name']} {p.get('version') or p.get('kind', '')}".strip() for p in listed)
@@ -266,6 +271,8 @@ def up(
                 "  try:",
                 f"    curl -s {url}/v1/score -H 'Content-Type: application/json'{auth} -d '{body}'",
             ]
+            if keyed and not os.environ.get(envvars.API_KEY):
+                lines.append("  (the key is in ./.env: `set -a; . ./.env; set +a` puts it in your shell first)")
             sup.say("morlaif", "\n".join(lines))
             gone = sup.wait(until=stop.is_set)
         else:
@@ -282,7 +289,8 @@ def up(
         codes = sup.stop()
         restore()
     if stop.is_set() and code == 0:
-        clean = (0, -signal.SIGTERM, -signal.SIGINT)
+        # killed by the signal, or caught it and exited 128 + its number (the CLI's own SIGTERM handling)
+        clean = (0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT)
         sup.say("morlaif", "stopped: " + ", ".join(f"{n} ({'ok' if c in clean else c})" for n, c in codes.items()))
     raise typer.Exit(code)
 

@@ -110,7 +110,21 @@ class NetLab:
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.gateway}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
+        self._forward("-I")
         return self
+
+    def _forward_rule(self) -> list[str]:
+        return ["FORWARD", "-i", self.bridge, "-o", self.bridge, "-j", "ACCEPT"]
+
+    def _forward(self, action: str) -> None:
+        """Let traffic between the lab's hosts through the root namespace's FORWARD chain. A running Docker
+        engine loads br_netfilter (bridged frames pass iptables) and sets FORWARD's policy to DROP, which
+        would cut the hosts off from each other; without iptables there is nothing to open."""
+        iptables = shutil.which("iptables")
+        if iptables is None:
+            return
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run([iptables, "-w", action, *self._forward_rule()], capture_output=True, timeout=30)
 
     def add_host(self, name: str) -> Host:
         i = len(self.hosts) + 1
@@ -133,6 +147,7 @@ class NetLab:
         for h in self.hosts:
             with contextlib.suppress(subprocess.CalledProcessError, OSError, subprocess.TimeoutExpired):
                 _ip("netns", "del", h.netns)  # takes its veth pair with it
+        self._forward("-D")
         with contextlib.suppress(subprocess.CalledProcessError, OSError, subprocess.TimeoutExpired):
             _ip("link", "del", self.bridge)
 

@@ -105,9 +105,8 @@ def _rootfs(kind: str, tag: str) -> str:
         include = ",".join(PACKAGES[kind])
         sh(["debootstrap", "--variant=minbase", f"--include={include}", SUITE, str(target), MIRROR], timeout=900)
         shutil.rmtree(target / "var" / "cache" / "apt" / "archives", ignore_errors=True)
-        tar = subprocess.Popen(["tar", "-C", str(target), "-c", "."], stdout=subprocess.PIPE)
-        sh(["docker", "import", "-", ref], stdin=tar.stdout, timeout=600)
-        tar.wait()
+        with subprocess.Popen(["tar", "-C", str(target), "-c", "."], stdout=subprocess.PIPE) as tar:
+            sh(["docker", "import", "-", ref], stdin=tar.stdout, timeout=600)
     return ref
 
 

@@ -135,6 +135,11 @@ def stack():
             str(ROOT), "--env-file", str(env)]  # fmt: skip
     s = Stack(project=project, argv=argv, url=f"http://127.0.0.1:{port}", work=work, timings=timings)
     try:
+        t = time.monotonic()
+        s.compose("up", "-d")  # here, not in a test: every test below needs the stack, whatever ran before
+        s.timings["up_s"] = time.monotonic() - t
+        for service in ("postgres", "pm_server", "feedback_worker"):
+            s.timings[f"healthy_{service}_s"] = s.wait_healthy(service)
         yield s
     finally:
         s.compose("--profile", "train", "down", "-v", "--remove-orphans", check=False)
@@ -144,11 +149,10 @@ def stack():
 
 
 def test_1_up_every_service_healthy(stack):
-    t = time.monotonic()
-    stack.compose("up", "-d")
-    stack.timings["up_s"] = time.monotonic() - t
-    for service in ("postgres", "pm_server", "feedback_worker"):
-        stack.timings[f"healthy_{service}_s"] = stack.wait_healthy(service)
+    for service in ("postgres", "pm_server", "feedback_worker"):  # the fixture waited for each one's health
+        (container,) = stack.containers(service)
+        assert stack.state(container)["Health"]["Status"] == "healthy", service
+    assert stack.timings["healthy_pm_server_s"] < HEALTH_TIMEOUT
 
 
 def test_2_the_readmes_score_call_answers_with_the_key(stack):
@@ -213,7 +217,7 @@ def test_4_ppo_steps_then_docker_stop_saves_a_checkpoint(stack):
     state = stack.state(trainer)
     logs = stack.compose("logs", "--tail", "20", "policy_trainer", check=False).stdout
     assert state["ExitCode"] == 143 and not state["OOMKilled"], logs[-3000:]  # before: 137, killed
-    assert "rerun to resume" in logs
+    assert "run the same command again to resume" in logs
     got = json.loads(stack.volume_python(
         "import json, torch; s = torch.load('/var/lib/morlaif/runs/ppo/checkpoint/state.pt', weights_only=True); "
         "rows = open('/var/lib/morlaif/runs/ppo/metrics.jsonl').read().splitlines(); "

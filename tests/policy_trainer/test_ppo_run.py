@@ -246,7 +246,7 @@ def test_sigterm_finishes_the_step_saves_a_checkpoint_and_exits_143(rule_server,
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143, err
-    assert "checkpoint in" in err and "rerun to resume" in err and "Traceback" not in err
+    assert "checkpoint in" in err and "run the same command again to resume" in err and "Traceback" not in err
     done = [r["step"] for r in metrics(out)]
     state = torch.load(out / "checkpoint" / "state.pt", weights_only=True)
     assert 2 <= state["steps_done"] == done[-1] < 200  # the step in hand finished and was saved
