@@ -190,10 +190,9 @@ def up(
     import threading
 
     import httpx
+    from dotenv import dotenv_values
 
     from morlaif.up import Service, Supervisor, install_stop_handlers, port_in_use, wait_ready
-
-    from dotenv import dotenv_values
 
     # the server reads its keys as pydantic-settings does: the environment first, then ./.env
     dotenv = {k: v for k, v in dotenv_values(".env").items() if v} if Path(".env").is_file() else {}
