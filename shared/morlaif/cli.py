@@ -190,14 +190,18 @@ def up(
     import threading
 
     import httpx
-    from dotenv import dotenv_values
+    from pydantic_settings import BaseSettings, SettingsConfigDict
 
     from morlaif.up import Service, Supervisor, install_stop_handlers, port_in_use, wait_ready
 
-    # the server reads its keys as pydantic-settings does: the environment first, then ./.env
-    dotenv = {k: v for k, v in dotenv_values(".env").items() if v} if Path(".env").is_file() else {}
-    api_key = os.environ.get(envvars.API_KEY) or dotenv.get(envvars.API_KEY)
-    keyed = bool(api_key) and bool(os.environ.get(envvars.ADMIN_KEY) or dotenv.get(envvars.ADMIN_KEY))
+    class Keys(BaseSettings):  # read as the server reads them: the environment first, then ./.env
+        model_config = SettingsConfigDict(env_prefix="MORLAIF_", env_file=".env", extra="ignore")
+        api_key: str = ""
+        admin_key: str = ""
+
+    keys = Keys()
+    api_key = keys.api_key
+    keyed = bool(keys.api_key) and bool(keys.admin_key)
     from pm_server.config import is_loopback
 
     if not keyed and not is_loopback(host):
