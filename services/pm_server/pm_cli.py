@@ -145,7 +145,9 @@ def train(
     """Train one preference model (LoRA + score head, soft Bradley-Terry) and write its adapter package.
 
     Pairs come from files (--data) and/or the label store (--store: the labels of --principle). Without
-    --pool only pairs of --principle are used. Interrupted runs resume when the same command is run again.
+    --pool only pairs of --principle are used. Ctrl-C or SIGTERM finishes the step in hand, saves a checkpoint
+    in the run folder and exits with 130 or 143 (a second signal stops at once); interrupted runs resume when the
+    same command is run again.
 
         morlaif pm train --principle factuality --data ../shared/data/factuality_truthfulqa.jsonl
         morlaif pm train --principle single_pm --pool --data a.jsonl --data harmlessness=hh.jsonl.gz

@@ -229,8 +229,9 @@ def sft(
     """Supervised fine-tuning of the target model on dialogue (MORLAIF's first step), with TRL's SFTTrainer.
 
     Prints the held-out loss before and after; writes OUT/policy (a model `morlaif sample --model OUT/policy`
-    and `morlaif ppo train --set model.name_or_path=OUT/policy` load). Interrupted runs resume from the
-    newest checkpoint when the same command runs again. Example:
+    and `morlaif ppo train --set model.name_or_path=OUT/policy` load). Ctrl-C or SIGTERM finishes the step in
+    hand, saves a checkpoint and exits with 130 or 143 (a second signal stops at once); interrupted runs resume
+    from the newest checkpoint when the same command runs again. Example:
 
         morlaif sft ../shared/data/hh-rlhf/helpful-base-dev.jsonl.gz --max-examples 2000 --out runs/sft
     """
