@@ -106,7 +106,11 @@ def stack():
     timings["build_s"] = build_image(IMAGE, bases["python"])
     timings["build_serve_s"] = build_image(SERVE_IMAGE, bases["python"], target="serve")
     for stage in CACHE_STAGES:  # tagged, so removing the images keeps them: the next build redoes the code only
-        build_image(f"{CACHE_IMAGE}:{stage}", bases["python"], target=stage)
+        ref = f"{CACHE_IMAGE}:{stage}"
+        before = sh(["docker", "images", "-q", ref]).stdout.strip()
+        build_image(ref, bases["python"], target=stage)
+        if before and before != sh(["docker", "images", "-q", ref]).stdout.strip():
+            sh(["docker", "rmi", before], check=False)  # the dependencies changed: the old cache goes
     for name, ref in (("image_mb", IMAGE), ("serve_image_mb", SERVE_IMAGE)):
         timings[name] = int(sh(["docker", "image", "inspect", "-f", "{{.Size}}", ref]).stdout) / 2**20
     project = f"morlaifsmoke{os.getpid()}"
