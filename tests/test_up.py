@@ -45,6 +45,19 @@ class Lines:
             time.sleep(0.2)
         pytest.fail(f"no line with {text!r}; output:\n" + "\n".join(self.lines[-60:]))
 
+    def stop(self, proc: subprocess.Popen[str]) -> None:
+        """Ctrl-C (SIGINT), as a user stops `morlaif up`; killed if it has not exited in 60 s."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.thread.join(5)
+        assert proc.stdout is not None
+        proc.stdout.close()
+
 
 def test_up_serves_prints_a_working_curl_example_runs_a_worker_and_stops_on_ctrl_c(
     tiny_encoder_dir, live_server, tmp_path, unused_port
@@ -91,15 +104,8 @@ def test_up_serves_prints_a_working_curl_example_runs_a_worker_and_stops_on_ctrl
             time.sleep(0.3)
         else:
             pytest.fail("the worker did not label the jobs:\n" + "\n".join(out.lines[-40:]))
-        proc.send_signal(signal.SIGINT)
-        proc.wait(60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        out.thread.join(5)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        out.stop(proc)
     assert proc.returncode == 0, "\n".join(out.lines[-40:])
     assert any("stopped: pm_server (ok), feedback_worker (ok)" in line for line in out.lines)
     assert any(line.startswith("feedback_worker") and "labels written: 3" in line for line in out.lines)
@@ -146,13 +152,6 @@ def test_up_reads_the_keys_from_dot_env_as_the_server_does(tiny_encoder_dir, tmp
         body = {"items": [{"prompt": "q", "response": "a"}]}
         assert httpx.post(url, json=body, timeout=30).status_code == 401
         assert httpx.post(url, json=body, headers={"Authorization": f"Bearer {key}"}, timeout=30).status_code == 200
-        proc.send_signal(signal.SIGINT)
-        proc.wait(60)
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        out.thread.join(5)
-        assert proc.stdout is not None
-        proc.stdout.close()
+        out.stop(proc)
     assert proc.returncode == 0 and any("stopped: pm_server (ok)" in line for line in out.lines), out.lines[-20:]

@@ -210,7 +210,9 @@ def train(
     except TrainError as e:
         raise _fail(str(e)) from None
     except KeyboardInterrupt as e:  # Ctrl-C, or SIGTERM (runs.Stopped): 130 or 143
-        code = getattr(e, "exit_code", 130)
+        from morlaif.runs import interrupt_exit_code
+
+        code = interrupt_exit_code(e)
         raise _fail("interrupted; the checkpoint is saved: run the same command again to resume", code) from None
     m = result.metrics
     lo, hi = m["val_accuracy_ci95"]

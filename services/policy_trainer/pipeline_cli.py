@@ -96,7 +96,7 @@ def sample(
         morlaif sample prompts.jsonl --endpoint http://vllm:8000/v1 --endpoint-model my-sft -k 8 --pairs 6
     """
     from morlaif.errors import MorlaifError
-    from morlaif.runs import StopRequest, defer_stop_signals, progress, quiet_libraries
+    from morlaif.runs import StopRequest, defer_stop_signals, interrupt_exit_code, progress, quiet_libraries
     from policy_trainer.generate import SamplingConfig
     from policy_trainer.sample import EndpointGenerator, LocalGenerator, sample_to_store
 
@@ -172,7 +172,7 @@ def sample(
     except KeyboardInterrupt as e:  # a second signal: the batch in hand is lost, the stored ones are kept
         bar.close()
         typer.echo("interrupted: the batches written so far are kept; run the same command to go on", err=True)
-        raise typer.Exit(getattr(e, "exit_code", 130)) from None
+        raise typer.Exit(interrupt_exit_code(e)) from None
     except Exception as e:  # an endpoint that keeps failing, a model that cannot generate: say what, keep the rest
         bar.close()
         raise _fail(
@@ -256,9 +256,9 @@ def sft(
         save_steps=save_steps,
         device=device,
     )
-    if quiet:
-        from morlaif.runs import quiet_libraries
+    from morlaif.runs import interrupt_exit_code, quiet_libraries
 
+    if quiet:
         quiet_libraries()
     try:
         res = run_sft(data, cfg, progress=not quiet)
@@ -269,7 +269,7 @@ def sft(
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM: the checkpoint of the last step is saved
         raise _fail(
             f"stopped; the checkpoint is in {out / 'checkpoints'}: run the same command again to resume",
-            getattr(e, "exit_code", 130),
+            interrupt_exit_code(e),
         ) from None
 
     def f(x: float | None) -> str:

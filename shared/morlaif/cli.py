@@ -186,12 +186,12 @@ def up(
     name as prefix, and stops everything on Ctrl-C. Keys: with MORLAIF_API_KEY and MORLAIF_ADMIN_KEY set
     the server requires them; without, it runs keyless, which is allowed on a loopback address only.
     """
-    import signal
     import threading
 
     import httpx
     from pydantic_settings import BaseSettings, SettingsConfigDict
 
+    from morlaif.runs import STOP_SIGNALS, signal_exit_code
     from morlaif.up import Service, Supervisor, install_stop_handlers, port_in_use, wait_ready
 
     class Keys(BaseSettings):  # read as the server reads them: the environment first, then ./.env
@@ -293,7 +293,7 @@ def up(
         restore()
     if stop.is_set() and code == 0:
         # killed by the signal, or caught it and exited 128 + its number (the CLI's own SIGTERM handling)
-        clean = (0, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM, 128 + signal.SIGINT)
+        clean = {0} | {-sig for sig in STOP_SIGNALS} | {signal_exit_code(sig) for sig in STOP_SIGNALS}
         sup.say("morlaif", "stopped: " + ", ".join(f"{n} ({'ok' if c in clean else c})" for n, c in codes.items()))
     raise typer.Exit(code)
 

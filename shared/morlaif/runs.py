@@ -27,16 +27,23 @@ __all__ = [
     "defer_stop_signals",
     "exit_on_sigterm",
     "git_commit",
+    "interrupt_exit_code",
     "progress",
     "quiet_libraries",
+    "signal_exit_code",
 ]
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def _exit_code(signum: int) -> int:
+def signal_exit_code(signum: int) -> int:
     """The shell's status of a command stopped by `signum`: 128 + its number (130 SIGINT, 143 SIGTERM)."""
     return 128 + int(signum)
+
+
+def interrupt_exit_code(e: KeyboardInterrupt) -> int:
+    """The exit status of a command stopped by `e`: a `Stopped`'s own (130 or 143), 130 for a plain Ctrl-C."""
+    return int(getattr(e, "exit_code", signal_exit_code(signal.SIGINT)))
 
 
 class Stopped(KeyboardInterrupt):
@@ -47,7 +54,7 @@ class Stopped(KeyboardInterrupt):
     def __init__(self, signum: int = signal.SIGINT) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = int(signum)
-        self.exit_code = _exit_code(signum)
+        self.exit_code = signal_exit_code(signum)
 
 
 class StopRequest(threading.Event):
@@ -64,7 +71,7 @@ class StopRequest(threading.Event):
     @property
     def exit_code(self) -> int:
         """130 after Ctrl-C, 143 after SIGTERM (0 when no stop was asked)."""
-        return 0 if self.signum is None else _exit_code(self.signum)
+        return 0 if self.signum is None else signal_exit_code(self.signum)
 
     def raise_stopped(self) -> None:
         """Raise `Stopped` for the signal that set this request (after the caller saved its state)."""
@@ -93,7 +100,7 @@ def defer_stop_signals(stop: StopRequest) -> Iterator[StopRequest]:
 
 
 def _terminate(signum: int, frame: Any) -> None:
-    raise SystemExit(_exit_code(signum))
+    raise SystemExit(signal_exit_code(signum))
 
 
 def exit_on_sigterm() -> None:

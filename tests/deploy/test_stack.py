@@ -21,6 +21,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import free_port
 from docker_rig import CACHE, ROOT, base_images, build_image, docker_env, engine_unavailable, sh
 
 pytestmark = pytest.mark.timeout(1800)
@@ -128,8 +129,7 @@ def stack():
     )
     for p in [work, *work.rglob("*")]:
         p.chmod(0o755 if p.is_dir() else 0o644)
-    port = int(sh(["python3", "-c", "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); "
-                   "print(s.getsockname()[1])"]).stdout)  # fmt: skip
+    port = free_port()
     env = _env_file(work / "env", {
         "MORLAIF_API_KEY": API_KEY, "MORLAIF_ADMIN_KEY": ADMIN_KEY, "POSTGRES_PASSWORD": "smoke-pg-password",
         "MORLAIF_JUDGE_MODEL": "local", "MORLAIF_IMAGE": IMAGE, "MORLAIF_SERVE_IMAGE": SERVE_IMAGE,
