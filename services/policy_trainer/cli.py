@@ -126,6 +126,14 @@ def train_cmd(
         raise _fail(str(e)) from None
     except OSError as e:  # a run folder it cannot write (a volume owned by another user), a full disk
         raise _fail(f"{e.strerror or e}: {e.filename or cfg.run.out_dir}") from None
+    except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM: stopped mid-step, the last checkpoint stands
+        from morlaif.runs import interrupt_exit_code
+
+        typer.echo(
+            f"stopped at once (a second signal); a rerun resumes from the last checkpoint in {cfg.run.out_dir}",
+            err=True,
+        )
+        raise typer.Exit(interrupt_exit_code(e)) from None
     if result.interrupted:
         typer.echo(
             f"stopped at step {result.steps_done}; checkpoint in {result.out_dir}: run the same command again to "

@@ -188,6 +188,7 @@ class RunDir:
     def load(self, trainer: PPOTrainer) -> int:
         """Restore the last checkpoint into `trainer`; the number of steps it had done (0: none)."""
         if not (self.ckpt / "state.pt").is_file():
+            self._truncate_metrics(0)  # steps logged before a stop that saved nothing will be run again
             return 0
         state = torch.load(self.ckpt / "state.pt", weights_only=True)
         trainer.load_state(load_file(str(self.ckpt / "weights.safetensors")), state)

@@ -268,3 +268,18 @@ def test_a_run_folder_it_cannot_make_is_a_clear_error(rule_server, tiny_lm_dir, 
     res = CliRunner().invoke(app, ["ppo", "train", "--config", str(tmp_path / "ppo.yaml"), "--quiet"])
     assert res.exit_code == 2 and "Traceback" not in res.output
     assert f"error: Not a directory: {out}" in res.output
+
+
+def test_steps_logged_without_a_checkpoint_are_not_logged_twice_by_the_rerun(
+    rule_server, tiny_lm_dir, prompt_file, tmp_path
+):
+    """Found by a fresh-clone check: a second `docker compose stop` stops mid-step before any checkpoint; the
+    rerun started at step 1 and metrics.jsonl held steps 1 and 2 twice."""
+    import shutil
+
+    out = tmp_path / "run"
+    train(tiny_config(tiny_lm_dir, prompt_file, out, rule_server.url, steps=2), progress_bar=False)
+    shutil.rmtree(out / "checkpoint")  # what a stop that saved nothing leaves: logged steps, no checkpoint
+    result = train(tiny_config(tiny_lm_dir, prompt_file, out, rule_server.url, steps=3), progress_bar=False)
+    assert result.resumed_from == 0
+    assert [r["step"] for r in metrics(out)] == [1, 2, 3]
