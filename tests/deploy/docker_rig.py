@@ -71,8 +71,9 @@ def engine_unavailable() -> str | None:
     if os.geteuid() != 0:
         return "no Docker engine runs and starting dockerd needs root"
     log = Path(tempfile.gettempdir()) / "morlaif-dockerd.log"
-    with log.open("ab") as f:
-        subprocess.Popen([dockerd], stdout=f, stderr=f, start_new_session=True)  # outlives the test run
+    # Started through a shell that backgrounds it and exits, so the engine outlives the test run and no Popen
+    # object of a still-running process is left for the garbage collector (a ResourceWarning, an error here).
+    sh(["sh", "-c", 'exec "$0" >>"$1" 2>&1 </dev/null &', dockerd, str(log)], start_new_session=True, timeout=30)
     for _ in range(60):
         if sh([docker, "info"], check=False, timeout=30).returncode == 0:
             return None
