@@ -13,6 +13,12 @@ Running the same command again resumes from the checkpoint and continues the sam
 prompt order is a function of (seed, step), and every other source of randomness is in the checkpoint.
 When the PM server stops answering and the client's retries run out, the run saves a checkpoint of the
 state before the failed step and stops with `RewardUnavailableError`: a step never trains on a missing reward.
+
+Under `accelerate launch --num_processes N` the run is data parallel (`PPOTrainer`'s docstring): every rank
+reads the config and the prompts, only the main rank writes the run folder (config, checkpoints, metrics,
+TensorBoard, the policy), and the ranks agree at each step boundary on whether to stop (a signal that
+reached one rank stops all after the same step). A checkpoint holds full tensors and no rank count, so a run
+saved with N processes resumes with M.
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from morlaif.client import MorlaifClient, RetryPolicy
+from morlaif.distributed import Distributed, resolve_device
 from morlaif.errors import APIStatusError, ClientError, MorlaifError, RetriesExhaustedError
 from morlaif.runs import StopRequest, defer_stop_signals, git_commit, progress
 from policy_trainer.config import ConfigError, ModelConfig, TrainConfig, config_to_dict
@@ -79,14 +86,9 @@ def _resolve(name_or_path: str) -> str:
     return str(smollm2_dir()) if name_or_path == SMOLLM2 else name_or_path
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def load_policy(cfg: ModelConfig) -> tuple[Any, Any]:
-    """(model, tokenizer) as the config says; with LoRA a fresh adapter named "default" is attached."""
+def load_policy(cfg: ModelConfig, device: torch.device | None = None) -> tuple[Any, Any]:
+    """(model, tokenizer) as the config says, on `device` (default: cfg.device); with LoRA a fresh adapter
+    named "default" is attached."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = _resolve(cfg.name_or_path)
@@ -103,7 +105,7 @@ def load_policy(cfg: ModelConfig) -> tuple[Any, Any]:
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
-    return model.to(resolve_device(cfg.device)), tokenizer
+    return model.to(device or resolve_device(cfg.device)), tokenizer
 
 
 def load_trained_policy(path: str | Path, *, device: str = "auto") -> tuple[Any, Any]:
@@ -144,8 +146,12 @@ def prompt_batches(n_prompts: int, batch_size: int, seed: int, step: int) -> lis
 
 # ----------------------------------------------------------------------------------------- run dir
 class RunDir:
-    def __init__(self, root: Path) -> None:
+    """The run folder; with several processes every method is called by every rank and only the main one
+    writes (a save is a collective under FSDP / ZeRO-3, and all ranks wait for it to be complete)."""
+
+    def __init__(self, root: Path, dist: Distributed | None = None) -> None:
         self.root = root
+        self.dist = dist or Distributed(torch.device("cpu"))
         self.ckpt = root / "checkpoint"
         self.metrics = root / "metrics.jsonl"
         self.config = root / "config.yaml"
@@ -154,8 +160,11 @@ class RunDir:
         """Write config.yaml, or refuse a rerun whose config differs in more than the run's length."""
         new = config_to_dict(cfg)
         if not self.config.is_file():
-            self.root.mkdir(parents=True, exist_ok=True)
-            self.config.write_text(yaml.safe_dump(new, sort_keys=False))
+            self.dist.barrier()  # every rank has looked before the main one writes
+            if self.dist.is_main:
+                self.root.mkdir(parents=True, exist_ok=True)
+                self.config.write_text(yaml.safe_dump(new, sort_keys=False))
+            self.dist.barrier()
             return
         old = yaml.safe_load(self.config.read_text()) or {}
         diffs = [
@@ -169,15 +178,24 @@ class RunDir:
                 f"{self.root} holds a run with another configuration ({'; '.join(diffs[:3])}); "
                 "use another run.out_dir, or delete the folder to start over"
             )
-        self.config.write_text(yaml.safe_dump(new, sort_keys=False))
+        self.dist.barrier()
+        if self.dist.is_main:
+            self.config.write_text(yaml.safe_dump(new, sort_keys=False))
+        self.dist.barrier()
 
     def save(self, trainer: PPOTrainer, rng: dict[str, Any]) -> None:
         """Write the checkpoint to a fresh folder, then swap it in: a crash never leaves half a checkpoint."""
+        weights = trainer.trainable_state()  # every rank: a collective when parameters are sharded
+        if self.dist.is_main:
+            self._write(weights, {**trainer.state_dict(), "rng": rng})
+        self.dist.barrier()
+
+    def _write(self, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
         tmp = self.root / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_file(trainer.trainable_state(), str(tmp / "weights.safetensors"))
-        torch.save({**trainer.state_dict(), "rng": rng}, tmp / "state.pt")
+        save_file(weights, str(tmp / "weights.safetensors"))
+        torch.save(state, tmp / "state.pt")
         old = self.root / "checkpoint.old"
         shutil.rmtree(old, ignore_errors=True)
         if self.ckpt.exists():
@@ -198,7 +216,8 @@ class RunDir:
 
     def _truncate_metrics(self, steps_done: int) -> None:
         """Drop lines of steps after the checkpoint (they will be run again)."""
-        if not self.metrics.is_file():
+        self.dist.barrier()  # every rank has read the checkpoint
+        if not self.dist.is_main or not self.metrics.is_file():
             return
         keep = []
         for line in self.metrics.read_text().splitlines():
@@ -210,6 +229,8 @@ class RunDir:
         self.metrics.write_text("".join(f"{x}\n" for x in keep))
 
     def log(self, row: dict[str, Any]) -> None:
+        if not self.dist.is_main:
+            return
         with self.metrics.open("a") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -217,9 +238,17 @@ class RunDir:
 
     def save_policy(self, trainer: PPOTrainer, tokenizer: Any, cfg: TrainConfig) -> Path:
         out = self.root / "policy"
+        state = trainer.lm_state_dict()  # every rank: a collective when parameters are sharded
+        if self.dist.is_main:
+            self._write_policy(trainer, state, tokenizer, cfg)
+        self.dist.barrier()
+        return out
+
+    def _write_policy(self, trainer: PPOTrainer, state: dict[str, Any], tokenizer: Any, cfg: TrainConfig) -> None:
+        out = self.root / "policy"
         tmp = self.root / "policy.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        trainer.policy.lm.save_pretrained(str(tmp))
+        trainer.policy.lm.save_pretrained(str(tmp), state_dict=state)
         tokenizer.save_pretrained(str(tmp))
         manifest = {
             "base": cfg.model.name_or_path,
@@ -231,7 +260,6 @@ class RunDir:
         (tmp / POLICY_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         os.replace(tmp, out)
-        return out
 
 
 def _tensorboard(root: Path, purge_step: int) -> Any:
@@ -263,12 +291,17 @@ def train(
 ) -> RunResult:
     """Run (or resume) the PPO run `cfg` describes; returns when run.steps are done or Ctrl-C stopped it."""
     cfg = dataclasses.replace(cfg, reward=cfg.reward.resolved())
-    run = RunDir(Path(cfg.run.out_dir))
+    dist = Distributed.from_env(cfg.model.device)
+    if dist.enabled:
+        logger.warning("data parallel: %s", dist.describe())
+    run = RunDir(Path(cfg.run.out_dir), dist)
     # 1. prompts (fail on bad data before anything slow)
     prompts = read_prompts(cfg.data.prompts)
     train_prompts, held_out = split_prompts(prompts, cfg.data.eval_fraction, salt=cfg.data.split_salt)
     logger.info("%d prompts: %d for training, %d held out", len(prompts), len(train_prompts), len(held_out))
     prompt_batches(len(train_prompts), cfg.ppo.batch_size, cfg.run.seed, 0)  # enough prompts for a batch?
+    for key in ("batch_size", "mini_batch_size"):  # global sizes: each rank takes an equal share
+        dist.check_divides(getattr(cfg.ppo, key), f"ppo.{key}")
     # 2. the PM server (before the policy: a wrong URL or principle fails in a second, not a minute)
     own_client = client is None
     if client is None:
@@ -285,8 +318,11 @@ def train(
         run.check_config(cfg)
         # 3. the policy, the trainer, and the checkpoint if there is one
         torch.manual_seed(cfg.run.seed)
-        model, tokenizer = load_policy(cfg.model)
-        trainer = PPOTrainer(model, tokenizer, client, config=cfg.ppo, generation=cfg.generation, reward=cfg.reward)
+        model, tokenizer = load_policy(cfg.model, dist.device)
+        trainer = PPOTrainer(
+            model, tokenizer, client, config=cfg.ppo, generation=cfg.generation, reward=cfg.reward, dist=dist,
+            seed=cfg.run.seed,
+        )  # fmt: skip
         resumed_from = run.load(trainer)
         if resumed_from:
             logger.warning("resuming %s from step %d", run.root, resumed_from)
@@ -309,12 +345,18 @@ def _loop(
     on_step: Callable[[int, dict[str, float]], None] | None,
 ) -> RunResult:
     interrupted = StopRequest()
+    dist = run.dist
     history: list[dict[str, float]] = []
-    tb = _tensorboard(run.root, resumed_from) if cfg.run.tensorboard else None
-    bar = progress(cfg.run.steps, resumed_from, "ppo", progress_bar)
+    tb = _tensorboard(run.root, resumed_from) if cfg.run.tensorboard and dist.is_main else None
+    bar = progress(cfg.run.steps, resumed_from, "ppo", progress_bar and dist.is_main)
     try:
         with defer_stop_signals(interrupted):
-            while trainer.steps_done < cfg.run.steps and not interrupted.is_set():
+            while trainer.steps_done < cfg.run.steps:
+                # the ranks agree before each step: a signal that reached any of them stops them all here
+                signum = int(dist.max(float(interrupted.signum or 0)))
+                if signum:
+                    interrupted.request(signum)
+                    break
                 step = trainer.steps_done
                 idx = prompt_batches(len(prompts), cfg.ppo.batch_size, cfg.run.seed, step)
                 rng = rng_state()  # the state a resumed run must start this step from
@@ -335,7 +377,7 @@ def _loop(
                         tb.add_scalar(k if "/" in k else f"ppo/{k}", v, trainer.steps_done)
                 bar.update(1)
                 bar.set_postfix(reward=f"{stats['reward']:.3f}", kl=f"{stats['kl']:.2f}", beta=f"{stats['beta']:.3f}")
-                if on_step is not None:
+                if on_step is not None and dist.is_main:
                     on_step(trainer.steps_done, stats)
                 if trainer.steps_done % cfg.run.save_every == 0 or trainer.steps_done == cfg.run.steps:
                     run.save(trainer, rng_state())
