@@ -129,3 +129,4 @@ def netlab():
         pytest.skip(f"needs network namespaces: {reason}")
     with NetLab() as lab:
         yield lab
+

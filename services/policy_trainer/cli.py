@@ -35,8 +35,12 @@ SetOpt = Annotated[
 ]
 
 
-def _fail(msg: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {msg}", err=True)
+def _fail(msg: str, code: int = 2, *, every_process: bool = False) -> typer.Exit:
+    """Print `msg` (once in a data-parallel run, where every rank fails alike, unless `every_process`)."""
+    from morlaif.distributed import is_main_process
+
+    if every_process or is_main_process():
+        typer.echo(f"error: {msg}", err=True)
     return typer.Exit(code)
 
 
@@ -125,7 +129,7 @@ def train_cmd(
     except (MorlaifError, ValueError, FileNotFoundError) as e:
         raise _fail(str(e)) from None
     except OSError as e:  # a run folder it cannot write (a volume owned by another user), a full disk
-        raise _fail(f"{e.strerror or e}: {e.filename or cfg.run.out_dir}") from None
+        raise _fail(f"{e.strerror or e}: {e.filename or cfg.run.out_dir}", every_process=True) from None
     except KeyboardInterrupt as e:  # a second Ctrl-C or SIGTERM: stopped mid-step, the last checkpoint stands
         from morlaif.runs import interrupt_exit_code
 
@@ -134,6 +138,8 @@ def train_cmd(
             err=True,
         )
         raise typer.Exit(interrupt_exit_code(e)) from None
+    if not result.main:
+        raise typer.Exit(result.exit_code)
     if result.interrupted:
         typer.echo(
             f"stopped at step {result.steps_done}; checkpoint in {result.out_dir}: run the same command again to "

@@ -337,8 +337,12 @@ class PPOTrainer:
                 res = self._score_once(prompts, texts)
             except ClientError as e:
                 failure = e
-            if self.dist.any(failure is not None):
-                raise failure or PeerRewardError("another process of this run got no rewards from the PM server")
+            failed = self.dist.gather_objects(None if failure is None else str(failure))  # agreed by every rank
+            if any(failed):
+                if failure is not None:
+                    raise failure
+                rank, why = next((r, m) for r, m in enumerate(failed) if m)
+                raise PeerRewardError(f"process {rank} of this run got no rewards: {why}")
             assert res is not None
             seen = self.dist.gather_objects(dict(res.versions))
             if all(v == seen[0] for v in seen):

@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,6 +78,8 @@ class RunResult:
     # 130 after Ctrl-C, 143 after SIGTERM (the checkpoint of the last finished step is saved); 0 otherwise
     exit_code: int = 0
     history: list[dict[str, float]]
+    # False in the other processes of a data-parallel run: only the main one reports
+    main: bool = True
 
 
 # ------------------------------------------------------------------------------------------ models
@@ -104,7 +107,10 @@ def load_policy(cfg: ModelConfig, device: torch.device | None = None) -> tuple[A
             target_modules=cfg.lora_target_modules,
             task_type="CAUSAL_LM",
         )
-        model = get_peft_model(model, lora)
+        with warnings.catch_warnings():
+            # PEFT calls a transformers property that transformers 5 deprecated; nothing for us to change
+            warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
+            model = get_peft_model(model, lora)
     return model.to(device or resolve_device(cfg.device)), tokenizer
 
 
@@ -292,7 +298,7 @@ def train(
     """Run (or resume) the PPO run `cfg` describes; returns when run.steps are done or Ctrl-C stopped it."""
     cfg = dataclasses.replace(cfg, reward=cfg.reward.resolved())
     dist = Distributed.from_env(cfg.model.device)
-    if dist.enabled:
+    if dist.enabled and dist.is_main:
         logger.warning("data parallel: %s", dist.describe())
     run = RunDir(Path(cfg.run.out_dir), dist)
     # 1. prompts (fail on bad data before anything slow)
@@ -324,7 +330,7 @@ def train(
             seed=cfg.run.seed,
         )  # fmt: skip
         resumed_from = run.load(trainer)
-        if resumed_from:
+        if resumed_from and dist.is_main:
             logger.warning("resuming %s from step %d", run.root, resumed_from)
         queries = [render(p, tokenizer, chat_template=cfg.data.chat_template) for p in train_prompts]
         return _loop(cfg, run, trainer, tokenizer, train_prompts, queries, resumed_from, progress_bar, on_step)
@@ -396,4 +402,5 @@ def _loop(
         exit_code=interrupted.exit_code,
         out_dir=run.root,
         history=history,
+        main=dist.is_main,
     )

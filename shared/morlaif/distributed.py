@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Distributed", "launched"]
+__all__ = ["Distributed", "is_main_process", "launched", "resolve_device"]
 
 # what `accelerate launch` sets when its configuration asks for a sharded engine (one process may use one)
 _SHARDED_ENV = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
@@ -45,6 +45,11 @@ def _flag(name: str) -> bool:
 def launched() -> bool:
     """True when this process is one of several (WORLD_SIZE > 1) or was asked for FSDP / DeepSpeed."""
     return int(os.environ.get("WORLD_SIZE", "1") or 1) > 1 or any(_flag(k) for k in _SHARDED_ENV)
+
+
+def is_main_process() -> bool:
+    """False in every process of a launched run but rank 0 (the one that reports), before or after setup."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
 
 
 def resolve_device(device: str) -> torch.device:
