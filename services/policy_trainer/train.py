@@ -46,6 +46,7 @@ from morlaif.runs import StopRequest, defer_stop_signals, git_commit, progress
 from policy_trainer.config import ConfigError, ModelConfig, TrainConfig, config_to_dict
 from policy_trainer.data import read_prompts, render, split_prompts
 from policy_trainer.ppo import PPOTrainer, rng_state, set_rng_state
+from policy_trainer.rollout import check_backend
 
 __all__ = ["RewardUnavailableError", "RunResult", "load_policy", "load_trained_policy", "train", "prompt_batches"]
 
@@ -308,6 +309,7 @@ def train(
     prompt_batches(len(train_prompts), cfg.ppo.batch_size, cfg.run.seed, 0)  # enough prompts for a batch?
     for key in ("batch_size", "mini_batch_size"):  # global sizes: each rank takes an equal share
         dist.check_divides(getattr(cfg.ppo, key), f"ppo.{key}")
+    check_backend(cfg.generation.backend)  # vllm without vllm or a GPU: said now, not after loading a model
     # 2. the PM server (before the policy: a wrong URL or principle fails in a second, not a minute)
     own_client = client is None
     if client is None:
