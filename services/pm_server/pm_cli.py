@@ -36,7 +36,11 @@ StoreOpt = Annotated[
 
 
 def _fail(msg: str, code: int = 2) -> typer.Exit:
-    typer.echo(f"error: {msg}", err=True)
+    """Print `msg` (once in a data-parallel `pm train`, where every rank fails alike) and exit with `code`."""
+    from morlaif.distributed import is_main_process
+
+    if is_main_process():
+        typer.echo(f"error: {msg}", err=True)
     return typer.Exit(code)
 
 
@@ -116,6 +120,7 @@ def train(
     ] = None,
     lora_r: Annotated[int, typer.Option(min=1)] = 8,
     lora_alpha: Annotated[int, typer.Option(min=1)] = 16,
+    lora_dropout: Annotated[float, typer.Option(min=0, max=0.9, help="Dropout on LoRA's input while training.")] = 0.05,
     layers: Annotated[
         str | None, typer.Option(help="Layers that get LoRA, e.g. 3,4,5 (default: the upper half).")
     ] = None,
@@ -151,6 +156,10 @@ def train(
 
         morlaif pm train --principle factuality --data ../shared/data/factuality_truthfulqa.jsonl
         morlaif pm train --principle single_pm --pool --data a.jsonl --data harmlessness=hh.jsonl.gz
+
+    Data parallel on several GPUs or nodes (--batch-size is then the global batch; docs/distributed.md):
+
+        accelerate launch --multi_gpu --num_processes 8 -m morlaif pm train --principle factuality ...
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from pm_server.pairs import PairDataError
@@ -167,6 +176,7 @@ def train(
             learning_rate=lr if lr is not None else (1e-4 if full else 1e-2 if head_only else 2e-3),
             lora_r=lora_r,
             lora_alpha=lora_alpha,
+            lora_dropout=lora_dropout,
             layers_to_transform=_layers(layers),
             full_finetune=full,
             head_only=head_only,
@@ -214,6 +224,8 @@ def train(
 
         code = interrupt_exit_code(e)
         raise _fail("interrupted; the checkpoint is saved: run the same command again to resume", code) from None
+    if not result.main:
+        return  # the main process reports and publishes
     m = result.metrics
     lo, hi = m["val_accuracy_ci95"]
     typer.echo(

@@ -13,6 +13,12 @@ Usage::
 The run directory holds a checkpoint (trainable weights, optimizer, scheduler, RNG, position in the epoch)
 saved every `save_every` steps, at each epoch's end and on Ctrl-C: running the same command again
 resumes where it stopped and ends with the same weights as a run that was never interrupted.
+
+Under `accelerate launch --num_processes N` (`morlaif.distributed`) training is data parallel: `batch_size` is
+the global batch; each rank runs the forward and backward of its contiguous share of every batch, weighted so
+that DDP's mean of the ranks' gradients is the gradient of the global batch's mean loss; validation is split
+over the ranks and gathered; only the main rank writes the run directory and the package. The checkpoint
+holds full tensors and no rank count, so a run saved with N processes resumes with M.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from safetensors.torch import load_file, save_file
 
+from morlaif.distributed import Distributed
 from morlaif.errors import MorlaifError
 from morlaif.principles import get_principle
 from morlaif.protocol import Calibration
@@ -140,6 +147,8 @@ class TrainResult:
     metrics: dict[str, Any]
     history: list[dict[str, float]] = field(default_factory=list)
     resumed_from_step: int = 0
+    # False in the other processes of a data-parallel run: only the main one reports and publishes
+    main: bool = True
 
 
 # --------------------------------------------------------------------------------------------- maths
@@ -234,18 +243,31 @@ def _forward_pairs(
 
 @torch.no_grad()
 def _evaluate(
-    model: torch.nn.Module, data: Sequence[_Encoded], pad_id: int, device: torch.device, batch_size: int
+    model: torch.nn.Module,
+    data: Sequence[_Encoded],
+    pad_id: int,
+    device: torch.device,
+    batch_size: int,
+    dist: Distributed | None = None,
 ) -> tuple[float, float, torch.Tensor]:
-    """(loss, accuracy, raw scores of every chosen and rejected response) on `data`, in eval mode."""
+    """(loss, accuracy, raw scores of every chosen and rejected response) on `data`, in eval mode.
+
+    With several processes each scores every N-th pair (by length) and the scores are gathered: every rank
+    returns the same figures."""
     was_training = model.training
     model.eval()
     order = sorted(range(len(data)), key=lambda i: len(data[i].chosen) + len(data[i].rejected))
+    if dist is not None:
+        order = order[dist.rank :: dist.world_size]
     ch = torch.empty(len(data))
     rj = torch.empty(len(data))
     for s in range(0, len(order), batch_size * 2):
         idx = order[s : s + batch_size * 2]
         c, r = _forward_pairs(model, [data[i] for i in idx], pad_id, device)
         ch[idx], rj[idx] = c.cpu(), r.cpu()
+    if dist is not None and dist.enabled:
+        for idx, c, r in dist.gather_objects((order, ch[order].tolist(), rj[order].tolist())):
+            ch[idx], rj[idx] = torch.tensor(c), torch.tensor(r)
     model.train(was_training)
     p = torch.tensor([d.p for d in data])
     m = torch.tensor([d.margin for d in data])
@@ -350,8 +372,9 @@ def train_pm(
     """Train a PM for `principle` on `pairs` and write its package to `out_root/principle/version`.
 
     `base` may be passed in (tests, benchmarks); it is trained in place, so do not reuse it afterwards.
-    `on_step(step, loss)` is called after every optimizer step.
+    `on_step(step, loss)` is called after every optimizer step (on the main process).
     """
+    dist = Distributed.from_env(config.device)
     if not pairs:
         raise TrainError(f"no training pairs for principle {principle!r}")
     train, val = split_by_prompt(pairs, config.val_fraction, salt=f"val{config.seed}")
@@ -392,7 +415,8 @@ def train_pm(
 
     torch.manual_seed(config.seed)
     if base is None:
-        base = load_base(config.base, max_length=config.max_length, seed=config.seed, device=config.device)
+        device_name = str(dist.device) if dist.enabled else config.device
+        base = load_base(config.base, max_length=config.max_length, seed=config.seed, device=device_name)
     template = _template(base, config)
     encoder = TemplateEncoder(base.tokenizer, template)
     pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
@@ -418,19 +442,28 @@ def train_pm(
     resumed_from = int(state["step"])
     if resumed_from > 0:
         rd.restore(model, opt, sched)
-        logger.warning("resuming %s at step %d (epoch %d)", run_dir, resumed_from, state["epoch"] + 1)
-    else:
+        if dist.is_main:
+            logger.warning("resuming %s at step %d (epoch %d)", run_dir, resumed_from, state["epoch"] + 1)
+    dist.barrier()  # every rank has read the run directory before the main one writes to it
+    if resumed_from == 0 and dist.is_main:
         rd.write_state(state)
+    # the model the steps run through: DDP under a launcher (DDP broadcasts rank 0's weights), the model alone
+    ddp_model, opt = dist.prepare(model, opt)
+    if dist.enabled:
+        torch.manual_seed(config.seed * 1000 + dist.rank + 1)  # each rank its own LoRA dropout masks
     started = time.monotonic()
     elapsed_before = float(state["seconds"])
 
     def checkpoint() -> None:
         state["seconds"] = elapsed_before + time.monotonic() - started
-        rd.save(model, opt, sched, state)
+        if dist.is_main:
+            rd.save(model, opt, sched, state)
+        dist.barrier()
 
     stack = contextlib.ExitStack()
-    bar = progress_bar(total_steps, resumed_from, f"train {principle}", progress)
+    bar = progress_bar(total_steps, resumed_from, f"train {principle}", progress and dist.is_main)
     interrupted = StopRequest()
+    agreed_stop = False
     try:
         stack.enter_context(defer_stop_signals(interrupted))
         while state["epoch"] < config.epochs and not state.get("stopped_early"):
@@ -441,37 +474,48 @@ def train_pm(
             # 1. one optimizer step per batch of pairs: chosen and rejected in one forward
             for b in range(int(state["batch_in_epoch"]), steps_per_epoch):
                 batch = [enc_train[int(i)] for i in order[b * config.batch_size : (b + 1) * config.batch_size]]
-                chosen, rejected = _forward_pairs(model, batch, pad_id, device)
-                p = torch.tensor([x.p for x in batch], device=device)
-                m = torch.tensor([x.margin + config.margin for x in batch], device=device)
-                loss = bradley_terry_loss(chosen, rejected, p, m)
+                # this rank's share; weighted so that the mean over ranks of the gradients is the global mean's
+                mine = batch[dist.split(len(batch))]
+                weight = len(mine) * dist.world_size / len(batch)
+                if not mine:  # a last batch smaller than the ranks: a forward for DDP's sake, weighted 0
+                    mine = batch[:1]
+                chosen, rejected = _forward_pairs(ddp_model, mine, pad_id, device)
+                p = torch.tensor([x.p for x in mine], device=device)
+                m = torch.tensor([x.margin + config.margin for x in mine], device=device)
+                loss = bradley_terry_loss(chosen, rejected, p, m) * weight
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_([q for q in model.parameters() if q.requires_grad], 1.0)
+                dist.backward(loss)
+                dist.clip_grad_norm_([q for q in ddp_model.parameters() if q.requires_grad], 1.0)
                 opt.step()
                 sched.step()
                 state["step"] += 1
                 state["batch_in_epoch"] = b + 1
-                lv = loss.detach().item()
+                lv = dist.mean([loss.detach().item()])[0]
                 running = 0.9 * running + 0.1 * lv if b else lv
                 bar.update(1)
                 bar.set_postfix(epoch=epoch + 1, loss=f"{running:.3f}")
-                if on_step is not None:
+                if on_step is not None and dist.is_main:
                     on_step(int(state["step"]), lv)
-                if interrupted.is_set():  # Ctrl-C or SIGTERM lands here, between steps: a consistent checkpoint
+                # Ctrl-C or SIGTERM lands here, between steps, and a signal to any rank stops them all
+                signum = int(dist.max(float(interrupted.signum or 0)))
+                if signum:
+                    interrupted.request(signum)
+                    agreed_stop = True
                     interrupted.raise_stopped()
                 if state["step"] % config.save_every == 0:
                     checkpoint()
             # 2. validate, keep the best weights, stop when the validation loss stops falling
-            val_loss, val_acc, _ = _evaluate(model, enc_val, pad_id, device, config.batch_size)
+            val_loss, val_acc, _ = _evaluate(model, enc_val, pad_id, device, config.batch_size, dist)
             state["history"].append(
                 {"epoch": epoch + 1, "train_loss": running, "val_loss": val_loss, "val_accuracy": val_acc}
             )
             logger.info("epoch %d: val loss %.4f, val accuracy %.3f", epoch + 1, val_loss, val_acc)
-            bar.write(f"epoch {epoch + 1}: val loss {val_loss:.4f}, val accuracy {val_acc:.3f}")
+            if dist.is_main:
+                bar.write(f"epoch {epoch + 1}: val loss {val_loss:.4f}, val accuracy {val_acc:.3f}")
             if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
                 state["best_val_loss"], state["best_epoch"], state["bad_epochs"] = val_loss, epoch + 1, 0
-                _save_weights(model, rd.best)
+                if dist.is_main:
+                    _save_weights(model, rd.best)
             else:
                 state["bad_epochs"] += 1
                 if state["bad_epochs"] > config.patience:
@@ -479,9 +523,11 @@ def train_pm(
             state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
             checkpoint()
     except KeyboardInterrupt:
-        checkpoint()
+        if agreed_stop or not dist.enabled:  # a second signal mid-step: the ranks are not at one point
+            checkpoint()
         bar.close()
-        logger.warning("interrupted at step %d; run the same command again to resume", state["step"])
+        if dist.is_main:
+            logger.warning("interrupted at step %d; run the same command again to resume", state["step"])
         raise
     finally:
         stack.close()
@@ -489,7 +535,12 @@ def train_pm(
 
     # 3. the best epoch's weights, calibrated on the validation set, written as a package
     _load_weights(model, rd.best)
-    val_loss, val_acc, raw = _evaluate(model, enc_val, pad_id, device, config.batch_size)
+    val_loss, val_acc, raw = _evaluate(model, enc_val, pad_id, device, config.batch_size, dist)
+    if not dist.is_main:
+        dist.barrier()  # the main rank writes the package
+        return TrainResult(
+            package_dir=pkg_dir, version=state["version"], metrics={}, resumed_from_step=resumed_from, main=False
+        )
     std = float(raw.std()) if len(raw) > 1 else 1.0
     calibration = Calibration(mean=float(raw.mean()), std=std if std > 1e-6 else 1.0)
     n_val = len(enc_val)
@@ -545,6 +596,7 @@ def train_pm(
         save_package(model, "default", pkg_dir, manifest)
     state["finished"], state["package"] = True, str(pkg_dir)
     rd.write_state(state)
+    dist.barrier()
     logger.info("wrote %s (val accuracy %.3f on %d pairs)", pkg_dir, val_acc, n_val)
     return TrainResult(
         package_dir=pkg_dir,
