@@ -37,10 +37,12 @@ StoreOpt = Annotated[
 
 def _fail(msg: str, code: int = 2) -> typer.Exit:
     """Print `msg` (once in a data-parallel `pm train`, where every rank fails alike) and exit with `code`."""
-    from morlaif.distributed import is_main_process
+    from morlaif.distributed import is_main_process, let_main_report
 
     if is_main_process():
         typer.echo(f"error: {msg}", err=True)
+    else:
+        let_main_report()
     return typer.Exit(code)
 
 

@@ -448,7 +448,7 @@ def train_pm(
     if resumed_from == 0 and dist.is_main:
         rd.write_state(state)
     # the model the steps run through: DDP under a launcher (DDP broadcasts rank 0's weights), the model alone
-    ddp_model, opt = dist.prepare(model, opt)
+    ddp_model, opt = dist.prepare(model, opt, micro_batch_size=-(-config.batch_size // dist.world_size))
     if dist.enabled:
         torch.manual_seed(config.seed * 1000 + dist.rank + 1)  # each rank its own LoRA dropout masks
     started = time.monotonic()

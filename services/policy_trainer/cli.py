@@ -37,10 +37,12 @@ SetOpt = Annotated[
 
 def _fail(msg: str, code: int = 2, *, every_process: bool = False) -> typer.Exit:
     """Print `msg` (once in a data-parallel run, where every rank fails alike, unless `every_process`)."""
-    from morlaif.distributed import is_main_process
+    from morlaif.distributed import is_main_process, let_main_report
 
     if every_process or is_main_process():
         typer.echo(f"error: {msg}", err=True)
+    else:
+        let_main_report()
     return typer.Exit(code)
 
 
@@ -139,6 +141,10 @@ def train_cmd(
         )
         raise typer.Exit(interrupt_exit_code(e)) from None
     if not result.main:
+        if result.exit_code:
+            from morlaif.distributed import let_main_report
+
+            let_main_report()
         raise typer.Exit(result.exit_code)
     if result.interrupted:
         typer.echo(

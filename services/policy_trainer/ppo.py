@@ -257,20 +257,17 @@ class PPOTrainer:
         self.generation = generation
         self.reward = reward
         params = [p for p in self.policy.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=config.learning_rate)
+        self.optimizer: Any = torch.optim.AdamW(params, lr=config.learning_rate)
         total = max(config.total_steps, 1)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer,
+            self.optimizer,
             (lambda step: max(0.0, 1.0 - step / total)) if config.lr_schedule == "linear" else (lambda step: 1.0),
         )
-        # the model the updates run through: DDP / FSDP / DeepSpeed under a launcher, the policy itself alone
-        self.model, self.optimizer = self.dist.prepare(self.policy, optimizer)
+        # the model the updates run through: DDP / FSDP / DeepSpeed under a launcher, the policy itself alone;
+        # wrapped at the first step, after a checkpoint was loaded into the bare policy (`load_state`)
+        self.model: Any = self.policy
+        self.prepared = False
         self.vllm: VLLMRollouts | None = None
-        if generation.backend == "vllm":
-            from accelerate import Accelerator
-
-            accelerator = self.dist.accelerator or Accelerator()
-            self.vllm = VLLMRollouts(accelerator.unwrap_model(self.model).lm, accelerator, tokenizer, generation)
         self.steps_done = 0
         self.kl_ctl: AdaptiveKLController | FixedKLController = (
             AdaptiveKLController(kl_coef=config.init_kl_coef, target=config.kl_target, horizon=config.kl_horizon)
@@ -287,6 +284,21 @@ class PPOTrainer:
     @property
     def device(self) -> torch.device:
         return next(self.policy.parameters()).device
+
+    def prepare(self) -> None:
+        """Wrap the policy and optimizer for the launch configuration and start vLLM if asked; idempotent."""
+        if self.prepared:
+            return
+        self.model, self.optimizer = self.dist.prepare(
+            self.policy, self.optimizer, micro_batch_size=self.config.mini_batch_size // self.dist.world_size
+        )
+        if self.generation.backend == "vllm":
+            from accelerate import Accelerator
+
+            accelerator = self.dist.accelerator or Accelerator()
+            self.vllm = VLLMRollouts(self.policy.lm, accelerator, self.tokenizer, self.generation)
+            self.vllm.sync_weights()
+        self.prepared = True
 
     # ------------------------------------------------------------------------------------------ phases
     def _generate(
@@ -394,6 +406,7 @@ class PPOTrainer:
         if len(prompts) != cfg.batch_size:
             raise ValueError(f"a step takes batch_size={cfg.batch_size} prompts, got {len(prompts)}")
         queries = prompts if queries is None else queries
+        self.prepare()
         rows = dist.shard(cfg.batch_size)  # this rank's contiguous share of the global batch
         seeds = [row_seed(self.seed, self.steps_done, i) for i in range(rows.start, rows.stop)]
         t0 = time.perf_counter()
@@ -518,6 +531,9 @@ class PPOTrainer:
         }
 
     def load_state(self, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
+        """Restore a checkpoint (full tensors, from any process count) into the bare policy, before `prepare`."""
+        if self.prepared and self.dist.sharded:
+            raise RuntimeError("load a checkpoint before the first step: the parameters are sharded by now")
         params = dict(self.policy.named_parameters())
         missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
         if missing:

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["Distributed", "is_main_process", "launched", "resolve_device"]
+__all__ = ["Distributed", "is_main_process", "launched", "let_main_report", "resolve_device"]
 
 # what `accelerate launch` sets when its configuration asks for a sharded engine (one process may use one)
 _SHARDED_ENV = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
@@ -50,6 +50,15 @@ def launched() -> bool:
 def is_main_process() -> bool:
     """False in every process of a launched run but rank 0 (the one that reports), before or after setup."""
     return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def let_main_report(seconds: float = 2.0) -> None:
+    """In a non-main rank about to exit with an error or a stop status that every rank agreed on: wait a moment,
+    so the main rank prints the reason first (torchrun SIGTERMs the other ranks as soon as one exits non-zero)."""
+    if launched() and not is_main_process():
+        import time
+
+        time.sleep(seconds)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -133,10 +142,18 @@ class Distributed:
         return slice(start, start + base + (1 if self.rank < extra else 0))
 
     # ------------------------------------------------------------------------------------------ model
-    def prepare(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> tuple[Any, Any]:
-        """(model, optimizer) wrapped for the launch configuration (DDP, FSDP, DeepSpeed); unchanged alone."""
+    def prepare(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, micro_batch_size: int = 1
+    ) -> tuple[Any, Any]:
+        """(model, optimizer) wrapped for the launch configuration (DDP, FSDP, DeepSpeed); unchanged alone.
+
+        `micro_batch_size` (rows per rank per optimizer step) fills DeepSpeed's `train_micro_batch_size_per_gpu`
+        where its configuration says "auto" (there is no DataLoader for accelerate to read it from)."""
         if self.accelerator is None:
             return model, optimizer
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)
+        if plugin is not None and plugin.deepspeed_config.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+            plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = max(1, micro_batch_size)
         return self.accelerator.prepare(model, optimizer)
 
     def unwrap(self, model: Any) -> Any:
