@@ -14,14 +14,17 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+ROOT = Path(__file__).resolve().parents[1]
+CPU_CONFIG = ROOT / "configs" / "accelerate" / "cpu.yaml"
+
+
 def accelerate_launch(n: int, *args: str | os.PathLike[str]) -> list[str]:
-    """The argv of `accelerate launch --multi_gpu --num_processes n -m morlaif ARGS` on this CPU: torchrun's
-    launcher starting n ranks that find each other on a free loopback port (gloo; no GPU is needed)."""
+    """The argv of `accelerate launch --config_file configs/accelerate/cpu.yaml --num_processes n -m morlaif ARGS`:
+    torchrun's launcher starting n ranks on this CPU that find each other on a free loopback port (gloo)."""
     launcher = Path(sys.executable).parent / "accelerate"
     return [
-        str(launcher), "launch", "--multi_gpu", f"--num_processes={n}", "--num_machines=1",
-        "--mixed_precision=no", "--dynamo_backend=no", f"--main_process_port={_free_port()}",
-        "-m", "morlaif", *map(str, args),
+        str(launcher), "launch", "--config_file", str(CPU_CONFIG), f"--num_processes={n}",
+        f"--main_process_port={_free_port()}", "-m", "morlaif", *map(str, args),
     ]  # fmt: skip
 
 

@@ -169,3 +169,26 @@ def test_sigterm_to_the_launcher_stops_every_rank_after_the_same_step_with_a_che
     done = [r["step"] for r in metrics(out)]
     assert done == list(range(1, len(done) + 1)) and 2 <= len(done) < 500
     assert torch.load(out / "checkpoint" / "state.pt", weights_only=True)["steps_done"] == done[-1]
+
+
+@pytest.mark.parametrize("name", ["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3", "cpu"])
+def test_the_ready_launch_configurations_are_what_accelerate_launch_reads(name):
+    """Read and validated by accelerate's own launcher code (the GPU ones cannot run here: no GPU)."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from launching import ROOT
+
+    from morlaif.testing import check_cli_args
+    from policy_trainer.ppo import PPOConfig
+
+    path = ROOT / "configs" / "accelerate" / f"{name}.yaml"
+    args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "morlaif", "ppo", "train"])
+    args, _, _ = _validate_launch_command(args)
+    kind = {"ddp": "multi_gpu", "cpu": "multi_gpu", "fsdp": "use_fsdp"}.get(name, "use_deepspeed")
+    assert getattr(args, kind) and args.num_processes >= 2
+    if name.startswith("deepspeed"):
+        assert args.zero_stage == int(name[-1]) and args.gradient_clipping == PPOConfig().max_grad_norm
+    if name == "fsdp":
+        assert int(args.fsdp_version) == 2 and args.fsdp_state_dict_type == "FULL_STATE_DICT"
+    # the command its comment gives parses in our CLI
+    (example,) = [line for line in path.read_text().splitlines() if "accelerate launch --config_file" in line]
+    check_cli_args(example.split(" -m morlaif ", 1)[1].split())
