@@ -133,16 +133,64 @@ def test_every_container_command_parses_in_our_cli_and_every_env_var_is_read(ove
             env[e["name"]] = expand(value, env) if value is not None else "from-a-secret-" + "x" * 16
             literal_refs |= set(re.findall(r"\$\(([A-Z0-9_]+)\)", value or ""))
         args = [expand(a, env) for a in c["args"]]
+        if c.get("command") == ["accelerate"]:  # a data-parallel trainer: its launcher, then our command
+            args = launched_command([expand(a, {"JOB_COMPLETION_INDEX": "1"}) for a in c["args"]])
         try:
             check_cli_args(args, env)
         except CliMismatch as e:
             pytest.fail(f"{overlay}/{w['metadata']['name']}: {e}")
         used_in_args = {m for a in c["args"] for m in re.findall(r"\$\(([A-Z0-9_]+)\)", a)}
         own = {e["name"] for e in c.get("env", [])}
-        unread = sorted(k for k in own if k not in known | used_in_args | literal_refs)
+        unread = sorted(k for k in own if k not in known | used_in_args | literal_refs | LAUNCHER_ENV)
         assert not unread, f"{overlay}/{w['metadata']['name']} sets variables nothing reads: {unread}"
     unread_cm = sorted(k for k in cm if k not in known and not any(f"$({k})" in json.dumps(c) for _, c in ours))
     assert not unread_cm, f"{overlay}: ConfigMap keys nothing reads: {unread_cm}"
+
+
+# what torchrun (under `accelerate launch`) reads: how long it waits for its ranks to save after a SIGTERM
+LAUNCHER_ENV = {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT"}
+
+
+def launched_command(args: list[str]):  # -> the argparse namespace's `morlaif` argv
+    """`accelerate launch ... -m morlaif ARGS` parsed and validated by accelerate's own launcher code; ARGS."""
+    from accelerate.commands.launch import launch_command_parser
+
+    assert args[0] == "launch", args
+    ns = launch_command_parser().parse_args(args[1:])
+    assert ns.module and ns.training_script == "morlaif", ns
+    return list(ns.training_script_args)
+
+
+def test_the_distributed_overlay_is_an_indexed_job_whose_pods_meet_at_rank_0():
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+
+    docs = render("distributed")
+    job = by_kind(docs, "Job")["ppo-train"]
+    spec, pod = job["spec"], pod_spec(job)
+    assert spec["completionMode"] == "Indexed" and spec["completions"] == spec["parallelism"] >= 2
+    assert "backoffLimit" not in spec and spec["backoffLimitPerIndex"] >= 1
+    (c,) = pod["containers"]
+    env = {e["name"]: e for e in c["env"]}
+    index = env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert index == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert int(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]["value"]) < pod["terminationGracePeriodSeconds"]
+    assert c["args"][c["args"].index("--machine_rank") + 1] == "$(JOB_COMPLETION_INDEX)"
+    ns = launch_command_parser().parse_args([expand(a, {"JOB_COMPLETION_INDEX": "1"}) for a in c["args"][1:]])
+    ns, _, _ = _validate_launch_command(ns)
+    assert ns.multi_gpu and ns.num_machines == spec["completions"] and ns.machine_rank == 1
+    gpus = int(c["resources"]["limits"]["nvidia.com/gpu"])
+    assert ns.num_processes == gpus * ns.num_machines  # one rank per GPU of every node
+    # rank 0's pod by the name the headless Service gives it
+    svc = by_kind(docs, "Service")[pod["subdomain"]]
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"]["publishNotReadyAddresses"] is True
+    assert svc["spec"]["selector"].items() <= job["spec"]["template"]["metadata"]["labels"].items()
+    assert ns.main_process_ip == f"{job['metadata']['name']}-0.{svc['metadata']['name']}"
+    assert {p["port"] for p in svc["spec"]["ports"]} == {ns.main_process_port}
+    # every node reads the run folder (the checkpoint), rank 0 writes it
+    pvc = by_kind(docs, "PersistentVolumeClaim")["morlaif-runs"]
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
+    claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert "morlaif-runs" in claims
 
 
 def test_gpu_overlay_asks_for_gpus_and_runs_a_vllm_judge_the_workers_use():
