@@ -129,4 +129,3 @@ def netlab():
         pytest.skip(f"needs network namespaces: {reason}")
     with NetLab() as lab:
         yield lab
-

@@ -97,6 +97,14 @@ def train_cmd(
     checkpoint and exits with 130 or 143. Example:
 
         morlaif ppo train --url http://127.0.0.1:8000 --weights-file adapters/weights.json --steps 20 --out runs/demo
+
+    Data parallel on several GPUs (ppo.batch_size and ppo.mini_batch_size are then global; only rank 0
+    writes; a run saved with N processes resumes with M; docs/distributed.md):
+
+        accelerate launch --config_file configs/accelerate/ddp.yaml -m morlaif ppo train -c ppo.yaml
+
+    Several nodes: the same on each, with --num_machines, --machine_rank and --main_process_ip (rank 0's
+    address); on Kubernetes, k8s/overlays/distributed.
     """
     from morlaif.errors import MorlaifError
     from morlaif.runs import quiet_libraries

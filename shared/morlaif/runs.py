@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -78,17 +79,27 @@ class StopRequest(threading.Event):
         raise Stopped(self.signum if self.signum is not None else signal.SIGINT)
 
 
+# A repeat within this many seconds is the same request delivered twice: Ctrl-C reaches every process of the
+# terminal's group, and a launcher (torchrun, under `accelerate launch`) then passes the signal on again.
+SAME_REQUEST_SECONDS = 1.0
+
+
 @contextlib.contextmanager
 def defer_stop_signals(stop: StopRequest) -> Iterator[StopRequest]:
     """The first SIGINT or SIGTERM sets `stop` (the loop stops after the current step); a second one raises
-    `Stopped` at once. Outside the main thread signals cannot be caught: the context does nothing there."""
+    `Stopped` at once, unless it comes within `SAME_REQUEST_SECONDS` of the first (the same request, passed on
+    by a launcher). Outside the main thread signals cannot be caught: the context does nothing there."""
     if threading.current_thread() is not threading.main_thread():
         yield stop
         return
+    first = [0.0]
 
     def handler(signum: int, frame: Any) -> None:
         if stop.is_set():
+            if time.monotonic() - first[0] < SAME_REQUEST_SECONDS:
+                return
             raise Stopped(signum)
+        first[0] = time.monotonic()
         stop.request(signum)
 
     previous = {sig: signal.signal(sig, handler) for sig in STOP_SIGNALS}

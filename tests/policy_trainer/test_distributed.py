@@ -150,20 +150,28 @@ def test_a_pm_server_failure_on_one_rank_saves_and_stops_every_rank_with_status_
     assert torch.load(out / "checkpoint" / "state.pt", weights_only=True)["steps_done"] == 1
 
 
-def test_sigterm_to_the_launcher_stops_every_rank_after_the_same_step_with_a_checkpoint(
-    rule_server, tiny_lm_dir, prompt_file, tmp_path
+@pytest.mark.parametrize("how", ["SIGTERM to the launcher", "Ctrl-C to the terminal's process group"])
+def test_a_stop_signal_stops_every_rank_after_the_same_step_with_a_checkpoint(
+    rule_server, tiny_lm_dir, prompt_file, tmp_path, how
 ):
-    """Kubernetes and `docker stop` signal the launcher, which passes SIGTERM on to every rank."""
+    """Kubernetes and `docker stop` signal the launcher, which passes SIGTERM on to every rank; Ctrl-C reaches
+    the launcher and every rank, and the launcher passes it on again (the same request, not a second one)."""
+    import os
+
     cfg = config_file(tmp_path, tiny_lm_dir, prompt_file, rule_server.url, **{"run.save_every": 500})
     out = tmp_path / "run"
     argv = accelerate_launch(2, "ppo", "train", "-c", cfg, "--quiet", "--out", out, "--steps", 500)
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=launch_env())
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=launch_env(),
+                            start_new_session=True)  # fmt: skip
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and proc.poll() is None:
         if (out / "metrics.jsonl").is_file() and len((out / "metrics.jsonl").read_text().splitlines()) >= 2:
             break
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    if how.startswith("SIGTERM"):
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert err.count("stopped at step") == 1, err[-3000:]
     done = [r["step"] for r in metrics(out)]

@@ -14,12 +14,19 @@ from morlaif.runs import Stopped, StopRequest, defer_stop_signals
 
 
 @pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_the_first_signal_asks_the_second_stops_and_the_handlers_come_back(sig, code):
+def test_the_first_signal_asks_the_second_stops_and_the_handlers_come_back(sig, code, monkeypatch):
+    import time
+
+    from morlaif import runs
+
+    monkeypatch.setattr(runs, "SAME_REQUEST_SECONDS", 0.2)
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     stop = StopRequest()
     with defer_stop_signals(stop):
         os.kill(os.getpid(), sig)
         assert stop.is_set() and stop.signum == sig and stop.exit_code == code
+        os.kill(os.getpid(), sig)  # the same request again at once (a terminal's group, then a launcher): no stop
+        time.sleep(0.3)
         with pytest.raises(Stopped) as info:
             os.kill(os.getpid(), sig)
         assert info.value.exit_code == code and isinstance(info.value, KeyboardInterrupt)
