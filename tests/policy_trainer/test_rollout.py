@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from policy_trainer.ppo import GenerationConfig
-from policy_trainer.rollout import GumbelSampler, check_backend, generate_hf, row_seed
+from policy_trainer.rollout import GumbelSampler, VLLMRollouts, check_backend, generate_hf, row_seed
 from policy_trainer.testing import tiny_lm
 
 
@@ -48,6 +48,11 @@ def test_the_vllm_backend_without_vllm_is_refused_before_anything_loads(tmp_path
         pytest.skip("a GPU is present: the vllm backend may well run here")
     with pytest.raises(ValueError, match=r"generation.backend: vllm needs the vllm package.*morlaif\[gpu\]"):
         check_backend("vllm")
+    lm, tok = tiny_lm(0)
+    with pytest.raises(ValueError, match="needs the vllm package"):  # the engine and its weight sync: no ImportError
+        VLLMRollouts(lm, None, tok, GenerationConfig(backend="vllm"))
+    with pytest.raises(ValueError, match="is not one of transformers, vllm"):
+        check_backend("sglang")
     prompts = tmp_path / "p.jsonl"
     prompts.write_text(json.dumps({"prompt": "hi"}) + "\n")
     argv = [sys.executable, "-m", "morlaif", "ppo", "train", "--set", "generation.backend=vllm", "--prompts",
