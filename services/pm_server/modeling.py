@@ -15,6 +15,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
+from morlaif.distributed import resolve_device
 from morlaif.models import SMOLLM2, smollm2_dir
 from pm_server.template import InputTemplate
 
@@ -77,16 +78,6 @@ def resolve_base_id(base: str) -> str:
     if base == SMOLLM2:
         return str(smollm2_dir())
     return base
-
-
-def resolve_device(device: str) -> torch.device:
-    """`auto` is the first CUDA device when there is one, else the CPU; anything else is taken as given."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    d = torch.device(device)
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
-    return d
 
 
 #: what `dtype=` takes: float32 (exact, as trained), bfloat16, or auto (bfloat16 where the hardware computes it

@@ -374,7 +374,10 @@ def train_pm(
     `base` may be passed in (tests, benchmarks); it is trained in place, so do not reuse it afterwards.
     `on_step(step, loss)` is called after every optimizer step (on the main process).
     """
-    dist = Distributed.from_env(config.device)
+    try:
+        dist = Distributed.from_env(config.device)
+    except ValueError as e:
+        raise TrainError(f"device: {e}") from None
     if not pairs:
         raise TrainError(f"no training pairs for principle {principle!r}")
     train, val = split_by_prompt(pairs, config.val_fraction, salt=f"val{config.seed}")

@@ -62,10 +62,15 @@ def let_main_report(seconds: float = 2.0) -> None:
 
 
 def resolve_device(device: str) -> torch.device:
-    """`auto` is CUDA when there is one, else the CPU; anything else is taken as torch spells it."""
+    """`auto` is the first CUDA device when there is one, else the CPU; anything else is taken as given.
+
+    Raises ValueError for a CUDA device where torch sees none."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    d = torch.device(device)
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} asked for, but torch sees no CUDA device")
+    return d
 
 
 class Distributed:
