@@ -419,7 +419,8 @@ def train_pm(
     torch.manual_seed(config.seed)
     if base is None:
         device_name = str(dist.device) if dist.enabled else config.device
-        base = load_base(config.base, max_length=config.max_length, seed=config.seed, device=device_name)
+        with dist.local_main_first():  # one rank per node fills the model cache, the others then read it
+            base = load_base(config.base, max_length=config.max_length, seed=config.seed, device=device_name)
     template = _template(base, config)
     encoder = TemplateEncoder(base.tokenizer, template)
     pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0

@@ -326,7 +326,8 @@ def train(
         run.check_config(cfg)
         # 3. the policy, the trainer, and the checkpoint if there is one
         torch.manual_seed(cfg.run.seed)
-        model, tokenizer = load_policy(cfg.model, dist.device)
+        with dist.local_main_first():  # one rank per node fills the model cache, the others then read it
+            model, tokenizer = load_policy(cfg.model, dist.device)
         trainer = PPOTrainer(
             model, tokenizer, client, config=cfg.ppo, generation=cfg.generation, reward=cfg.reward, dist=dist,
             seed=cfg.run.seed,

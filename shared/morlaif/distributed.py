@@ -146,6 +146,16 @@ class Distributed:
         start = self.rank * base + min(self.rank, extra)
         return slice(start, start + base + (1 if self.rank < extra else 0))
 
+    @contextlib.contextmanager
+    def local_main_first(self) -> Iterator[None]:
+        """Run the block on each node's first rank, then on the node's others: what it writes to a local cache
+        (the SmolLM2 copy made from its GGUF) is complete before they read it. Alone: just the block."""
+        if self.accelerator is None:
+            yield
+            return
+        with self.accelerator.local_main_process_first():
+            yield
+
     # ------------------------------------------------------------------------------------------ model
     def prepare(
         self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, *, micro_batch_size: int = 1

@@ -79,6 +79,13 @@ def smollm2_dir(cache_dir: Path | None = None) -> Path:
     tmp = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")
     m.save_pretrained(tmp)
     tok.save_pretrained(tmp)
+    if not (tmp / "model.safetensors").is_file():
+        # transformers writes weights from rank 0 only once a torch process group is up: never publish a copy
+        # without them (the trainers make the cache on each node's first rank before the others look)
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise RuntimeError(f"could not write the weights of {cached.name} (not rank 0 of a process group?)")
     try:
         tmp.rename(cached)
     except OSError:  # another process won the race: its copy is as good as ours

@@ -18,7 +18,7 @@ import torch
 from launching import accelerate_launch, launch_env
 from test_ppo_run import metrics, tiny_config
 
-from policy_trainer.config import default_yaml
+from policy_trainer.config import default_yaml, load_config
 from policy_trainer.train import train
 
 pytestmark = pytest.mark.timeout(600)
@@ -200,3 +200,24 @@ def test_the_ready_launch_configurations_are_what_accelerate_launch_reads(name):
     # the command its comment gives parses in our CLI
     (example,) = [line for line in path.read_text().splitlines() if "accelerate launch --config_file" in line]
     check_cli_args(example.split(" -m morlaif ", 1)[1].split())
+
+
+@pytest.mark.slow
+def test_two_processes_make_the_smollm2_cache_once_and_complete(rule_server, prompt_file, tmp_path):
+    """Found by a fresh-clone check: both ranks dequantised SmolLM2 into the model cache, transformers wrote
+    the weights from rank 0 only, rank 1's tokenizer-only copy won the rename, and every later run failed."""
+    cache = tmp_path / "models"
+    cfg = tmp_path / "ppo.yaml"
+    cfg.write_text(default_yaml(load_config(overrides=[
+        "model.name_or_path=smollm2", "model.device=cpu", f"data.prompts={prompt_file}", "data.chat_template=false",
+        "ppo.batch_size=2", "ppo.mini_batch_size=2", "ppo.ppo_epochs=1", "generation.max_new_tokens=2",
+        f"reward.url={rule_server.url}", "reward.weights={says_good: 1.0}", f"run.out_dir={tmp_path / 'run'}",
+        "run.steps=1",
+    ])))  # fmt: skip
+    argv = accelerate_launch(2, "ppo", "train", "-c", cfg, "--quiet")
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=400,
+                         env={**launch_env(), "MORLAIF_MODEL_CACHE": str(cache)})  # fmt: skip
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.stderr.count("dequantising") == 1  # one rank made it, the other read it
+    assert (cache / "SmolLM2-135M-Instruct" / "model.safetensors").stat().st_size > 100_000_000
+    assert [r["step"] for r in metrics(tmp_path / "run")] == [1]
