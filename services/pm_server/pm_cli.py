@@ -225,7 +225,8 @@ def train(
         from morlaif.runs import interrupt_exit_code
 
         code = interrupt_exit_code(e)
-        raise _fail("interrupted; the checkpoint is saved: run the same command again to resume", code) from None
+        again = "the same command again without --fresh" if fresh else "the same command again"
+        raise _fail(f"interrupted; the checkpoint is saved: run {again} to resume", code) from None
     if not result.main:
         return  # the main process reports and publishes
     m = result.metrics

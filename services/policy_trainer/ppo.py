@@ -126,7 +126,7 @@ class GenerationConfig:
     """1: off."""
     backend: Literal["transformers", "vllm"] = "transformers"
     """Who samples the rollouts: transformers' generate() on the policy, or a colocated vLLM engine given the
-    policy's weights after every update (a CUDA GPU and `pip install 'morlaif[gpu]'`)."""
+    policy's weights after every update (a CUDA GPU and `pip install -e '.[gpu]'`)."""
     vllm_gpu_memory_utilization: float = 0.3
     """vllm only: the share of the GPU's memory the engine may take (the rest is the trainer's)."""
 

@@ -10,7 +10,7 @@ Two backends (`generation.backend`):
   Maddison et al., "A* Sampling", 2014): argmax over tokens of logits/T + g with g ~ Gumbel(0, 1) drawn from
   the row's own generator is an exact sample of softmax(logits/T); top-k and top-p first set the excluded
   logits to -inf, as transformers' own warpers (which are used) do.
-* ``vllm``: a colocated vLLM engine (GPU only, ``pip install 'morlaif[gpu]'``) generates, one
+* ``vllm``: a colocated vLLM engine (GPU only, ``pip install -e '.[gpu]'``) generates, one
   `SamplingParams(seed=...)` per response (vLLM seeds each request's own generator); after every PPO update
   the policy's weights are pushed into it, through TRL's `VLLMGeneration` (which merges LoRA and gathers
   FSDP / ZeRO-3 shards, as GRPOTrainer does).
@@ -118,7 +118,8 @@ def check_backend(backend: str) -> None:
     if importlib.util.find_spec("vllm") is None:
         raise ValueError(
             "generation.backend: vllm needs the vllm package, which is not installed "
-            "(pip install 'morlaif[gpu]' on a machine with a CUDA GPU), or set generation.backend: transformers"
+            "(pip install -e '.[gpu]' in the project, on a machine with a CUDA GPU), or set generation.backend: "
+            "transformers"
         )
     if not torch.cuda.is_available():
         raise ValueError("generation.backend: vllm needs a CUDA GPU and none is visible; use transformers")

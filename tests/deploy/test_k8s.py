@@ -191,6 +191,10 @@ def test_the_distributed_overlay_is_an_indexed_job_whose_pods_meet_at_rank_0():
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     claims = {v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"] if "persistentVolumeClaim" in v}
     assert "morlaif-runs" in claims
+    # NCCL's shared memory: more than the 64 MiB a container gets by default
+    (shm,) = [v for v in pod["volumes"] if v["name"] == "dshm"]
+    assert shm["emptyDir"]["medium"] == "Memory"
+    assert {"name": "dshm", "mountPath": "/dev/shm"} in c["volumeMounts"]
 
 
 def test_gpu_overlay_asks_for_gpus_and_runs_a_vllm_judge_the_workers_use():

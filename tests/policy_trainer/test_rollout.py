@@ -46,7 +46,8 @@ def test_a_response_depends_on_its_seed_not_on_the_rows_beside_it():
 def test_the_vllm_backend_without_vllm_is_refused_before_anything_loads(tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present: the vllm backend may well run here")
-    with pytest.raises(ValueError, match=r"generation.backend: vllm needs the vllm package.*morlaif\[gpu\]"):
+    needs = r"generation.backend: vllm needs the vllm package.*pip install -e '\.\[gpu\]'"
+    with pytest.raises(ValueError, match=needs):
         check_backend("vllm")
     lm, tok = tiny_lm(0)
     with pytest.raises(ValueError, match="needs the vllm package"):  # the engine and its weight sync: no ImportError
