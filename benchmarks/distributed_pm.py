@@ -15,42 +15,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from launched import ROOT, run_morlaif
+
 DATA = ROOT.parent / "shared" / "data" / "factuality_truthfulqa.jsonl"
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def run(n: int, tmp: Path, args: argparse.Namespace) -> dict:
-    threads = max(1, args.cores // n)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    train = ["-m", "morlaif", "pm", "train", "--principle", "factuality", "--data", str(DATA), "--limit",
-             str(args.limit), "--epochs", str(args.epochs), "--patience", str(args.epochs), "--lora-dropout", "0",
+    train = ["pm", "train", "--principle", "factuality", "--data", str(DATA), "--limit", str(args.limit),
+             "--epochs", str(args.epochs), "--patience", str(args.epochs), "--lora-dropout", "0",
              "--max-length", "128", "--device", "cpu", "--quiet", "--version", "bench",
              "--out-root", str(tmp / f"adapters-{n}"), "--run-dir", str(tmp / f"run-{n}")]  # fmt: skip
-    if n == 1:
-        argv = [sys.executable, *train]
-    else:
-        launcher = Path(sys.executable).parent / "accelerate"
-        argv = [str(launcher), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "cpu.yaml"),
-                f"--num_processes={n}", f"--main_process_port={free_port()}", *train]  # fmt: skip
-    t0 = time.perf_counter()
-    res = subprocess.run(argv, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"{n} process(es) failed:\n{res.stderr[-4000:]}")
+    wall, threads = run_morlaif(n, train, args.cores)
     manifest = json.loads((tmp / f"adapters-{n}" / "factuality" / "bench" / "principle.json").read_text())
     m = manifest["metrics"]
     return {"processes": n, "threads_per_process": threads, "wall_seconds": round(wall, 1),

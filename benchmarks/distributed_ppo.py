@@ -23,18 +23,10 @@ from pathlib import Path
 
 import httpx
 import yaml
+from launched import ROOT, free_port, run_morlaif
 
-ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ROOT.parent / "shared" / "data" / "hh-rlhf" / "harmless-base-dev.jsonl.gz"
 KEYS = ("reward", "kl", "policy_loss", "value_loss", "entropy", "approx_kl")
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_server(port: int, log: Path) -> subprocess.Popen:
@@ -55,20 +47,8 @@ def start_server(port: int, log: Path) -> subprocess.Popen:
 
 
 def run(n: int, config: Path, out: Path, steps: int, cores: int) -> dict:
-    threads = max(1, cores // n)
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    train = ["-m", "morlaif", "ppo", "train", "-c", str(config), "--out", str(out), "--steps", str(steps), "--quiet"]
-    if n == 1:
-        argv = [sys.executable, *train]
-    else:
-        launcher = Path(sys.executable).parent / "accelerate"
-        argv = [str(launcher), "launch", "--config_file", str(ROOT / "configs" / "accelerate" / "cpu.yaml"),
-                f"--num_processes={n}", f"--main_process_port={free_port()}", *train]  # fmt: skip
-    t0 = time.perf_counter()
-    res = subprocess.run(argv, capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
-        raise SystemExit(f"{n} process(es) failed:\n{res.stderr[-4000:]}")
+    args = ["ppo", "train", "-c", str(config), "--out", str(out), "--steps", str(steps), "--quiet"]
+    wall, threads = run_morlaif(n, args, cores)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     return {"processes": n, "threads_per_process": threads, "wall_seconds": round(wall, 1),
             "step_seconds": [round(r["seconds"], 2) for r in rows], "steps": rows}  # fmt: skip
