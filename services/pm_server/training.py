@@ -531,7 +531,7 @@ def train_pm(
             checkpoint()
         bar.close()
         if dist.is_main:
-            logger.warning("interrupted at step %d; run the same command again to resume", state["step"])
+            logger.warning("interrupted at step %d; the checkpoint is in %s", state["step"], run_dir)
         raise
     finally:
         stack.close()

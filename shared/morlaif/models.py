@@ -86,6 +86,8 @@ def smollm2_dir(cache_dir: Path | None = None) -> Path:
 
         shutil.rmtree(tmp, ignore_errors=True)
         raise RuntimeError(f"could not write the weights of {cached.name} (not rank 0 of a process group?)")
+    for f in tmp.iterdir():  # readable by every user of a shared cache (transformers may write 0600 files)
+        f.chmod(0o644)
     try:
         tmp.rename(cached)
     except OSError:  # another process won the race: its copy is as good as ours
