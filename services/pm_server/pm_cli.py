@@ -37,12 +37,9 @@ StoreOpt = Annotated[
 
 def _fail(msg: str, code: int = 2) -> typer.Exit:
     """Print `msg` (once in a data-parallel `pm train`, where every rank fails alike) and exit with `code`."""
-    from morlaif.distributed import is_main_process, let_main_report
+    from morlaif.distributed import error_once
 
-    if is_main_process():
-        typer.echo(f"error: {msg}", err=True)
-    else:
-        let_main_report()
+    error_once(msg)
     return typer.Exit(code)
 
 

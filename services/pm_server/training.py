@@ -501,9 +501,7 @@ def train_pm(
                 if on_step is not None and dist.is_main:
                     on_step(int(state["step"]), lv)
                 # Ctrl-C or SIGTERM lands here, between steps, and a signal to any rank stops them all
-                signum = int(dist.max(float(interrupted.signum or 0)))
-                if signum:
-                    interrupted.request(signum)
+                if dist.agree_on_stop(interrupted):
                     agreed_stop = True
                     interrupted.raise_stopped()
                 if state["step"] % config.save_every == 0:

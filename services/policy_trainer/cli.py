@@ -37,12 +37,9 @@ SetOpt = Annotated[
 
 def _fail(msg: str, code: int = 2, *, every_process: bool = False) -> typer.Exit:
     """Print `msg` (once in a data-parallel run, where every rank fails alike, unless `every_process`)."""
-    from morlaif.distributed import is_main_process, let_main_report
+    from morlaif.distributed import error_once
 
-    if every_process or is_main_process():
-        typer.echo(f"error: {msg}", err=True)
-    else:
-        let_main_report()
+    error_once(msg, every_process=every_process)
     return typer.Exit(code)
 
 

@@ -244,11 +244,8 @@ class PPOTrainer:
         self.dist = dist or Distributed(next(model.parameters()).device)
         self.seed = seed
         check_backend(generation.backend)
-        if config.batch_size % self.dist.world_size or config.mini_batch_size % self.dist.world_size:
-            raise ValueError(
-                f"ppo.batch_size ({config.batch_size}) and ppo.mini_batch_size ({config.mini_batch_size}) are global "
-                f"and must be multiples of the number of processes ({self.dist.world_size})"
-            )
+        for key in ("batch_size", "mini_batch_size"):  # global sizes: each rank takes an equal share
+            self.dist.check_divides(getattr(config, key), f"ppo.{key}")
         self.policy = PolicyWithValue(model)  # the bare module: parameter names, checkpoints, generation
         self._peft = hasattr(model, "disable_adapter")
         self.ref = None if self._peft else (ref_model or copy.deepcopy(model)).eval().requires_grad_(False)

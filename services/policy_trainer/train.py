@@ -362,9 +362,7 @@ def _loop(
         with defer_stop_signals(interrupted):
             while trainer.steps_done < cfg.run.steps:
                 # the ranks agree before each step: a signal that reached any of them stops them all here
-                signum = int(dist.max(float(interrupted.signum or 0)))
-                if signum:
-                    interrupted.request(signum)
+                if dist.agree_on_stop(interrupted):
                     break
                 step = trainer.steps_done
                 idx = prompt_batches(len(prompts), cfg.ppo.batch_size, cfg.run.seed, step)

@@ -7,9 +7,10 @@ FSDP or DeepSpeed), the trainer gets accelerate's `Accelerator`: torch DDP by de
 ZeRO as the launch configuration says (`configs/accelerate/`), the gloo backend on CPUs and NCCL on GPUs.
 
 Every rank reads the same configuration and the same global batch and takes its own contiguous shard of it
-(`shard`); the collectives here (`gather_padded`, `any`, `max`, `mean`, `gather_objects`, `barrier`) are the
-only points where the ranks meet, and every rank reaches each of them in the same order, so a failure on one
-rank is first agreed on (`any`) and then acted on by all: nothing waits forever on a rank that left.
+(`shard`); the collectives here (`gather_padded`, `gather_objects`, `max`, `mean`, `agree_on_stop`,
+`barrier`) are the only points where the ranks meet, and every rank reaches each of them in the same order,
+so a failure on one rank is first agreed on (gathered) and then acted on by all: nothing waits forever on a
+rank that left.
 
 Usage::
 
@@ -27,12 +28,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-__all__ = ["Distributed", "is_main_process", "launched", "let_main_report", "resolve_device"]
+__all__ = ["Distributed", "error_once", "is_main_process", "launched", "let_main_report", "resolve_device"]
 
 # what `accelerate launch` sets when its configuration asks for a sharded engine (one process may use one)
 _SHARDED_ENV = ("ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED")
@@ -50,6 +52,15 @@ def launched() -> bool:
 def is_main_process() -> bool:
     """False in every process of a launched run but rank 0 (the one that reports), before or after setup."""
     return int(os.environ.get("RANK", "0") or 0) == 0
+
+
+def error_once(msg: str, *, every_process: bool = False) -> None:
+    """Print `error: msg` to stderr: in a launched run only from rank 0 (every rank fails alike), unless
+    `every_process`; another rank then gives rank 0 a moment to print first (`let_main_report`)."""
+    if every_process or is_main_process():
+        print(f"error: {msg}", file=sys.stderr, flush=True)
+    else:
+        let_main_report()
 
 
 def let_main_report(seconds: float = 2.0) -> None:
@@ -229,10 +240,6 @@ class Distributed:
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
         return [float(v) for v in self.accelerator.reduce(t, reduction=op)]
 
-    def any(self, flag: bool) -> bool:
-        """True on every rank when `flag` is true on any."""
-        return self._reduce([1.0 if flag else 0.0], "sum")[0] > 0
-
     def max(self, value: float) -> float:
         if self.accelerator is None:
             return value
@@ -243,6 +250,14 @@ class Distributed:
         if self.accelerator is None:
             return values
         return [v / self.world_size for v in self._reduce(values, "sum")]
+
+    def agree_on_stop(self, stop: Any) -> bool:
+        """Whether any rank's `StopRequest` is set; if so, it is set on every rank with the same signal (the
+        highest one asked), so all stop after the same step and exit alike."""
+        signum = int(self.max(float(stop.signum or 0)))
+        if signum:
+            stop.request(signum)
+        return bool(signum)
 
     def barrier(self) -> None:
         if self.accelerator is not None:
