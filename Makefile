@@ -46,7 +46,7 @@ tools:
 	          "browser tests will skip"; }
 
 test: $(STAMP) tools
-	$(PY) -m ruff check shared services tests benchmarks examples
+	$(PY) -m ruff check shared services apps tests benchmarks examples scripts
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

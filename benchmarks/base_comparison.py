@@ -21,10 +21,10 @@ from pathlib import Path
 
 import torch
 
-from pm_server.evaluation import PackageScorer
-from pm_server.modeling import load_base
-from pm_server.pairs import read_pairs
-from pm_server.training import TrainConfig, train_pm
+from pm_server.model.base import load_base
+from pm_server.training.evaluation import PackageScorer
+from pm_server.training.pairs import read_pairs
+from pm_server.training.trainer import TrainConfig, train_pm
 
 
 def main() -> None:

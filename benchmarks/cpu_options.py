@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from pm_server.modeling import load_base
+from pm_server.model.base import load_base
 
 
 def _time(fn, repeats: int) -> float:
@@ -44,8 +44,8 @@ def _int8(model: torch.nn.Module) -> torch.nn.Module:
 
 def accuracy_check(base_name: str, root: Path, principle: str, limit: int) -> dict:
     """Pair accuracy of `principle`'s package on its validation pairs, fp32 and int8."""
-    from pm_server.evaluation import PackageScorer, accuracy
-    from pm_server.pairs import read_pairs, split_by_prompt
+    from pm_server.training.evaluation import PackageScorer, accuracy
+    from pm_server.training.pairs import read_pairs, split_by_prompt
 
     scorer = PackageScorer(load_base(base_name), root)
     pkg = scorer.load(principle)

@@ -25,15 +25,16 @@ import threading
 import time
 from pathlib import Path
 
+import _rigs_path  # noqa: F401  (tests/ on sys.path: the rigs)
 import httpx
 from score_throughput import WORDS  # the same vocabulary as the engine benchmark (this folder)
 
-from pm_server.batcher import Batcher
-from pm_server.config import ServerSettings
-from pm_server.engine import Row, ScoringEngine
-from pm_server.modeling import DTYPES, load_base
-from pm_server.template import TemplateEncoder
-from pm_server.testing import make_random_package
+from pm_server.model.base import DTYPES, load_base
+from pm_server.model.template import TemplateEncoder
+from pm_server.serving.batcher import Batcher
+from pm_server.serving.config import ServerSettings
+from pm_server.serving.engine import Row, ScoringEngine
+from rigs.pm_packages import make_random_package
 
 PRINCIPLES = ["helpfulness", "harmlessness", "factuality", "sycophancy", "toxicity", "empathy", "relevance"]
 
@@ -137,7 +138,7 @@ def main() -> None:
         env = {**os.environ, "MORLAIF_ADAPTER_ROOT": str(root), "MORLAIF_BASE_MODEL": args.base,
                "MORLAIF_DTYPE": args.dtype}  # fmt: skip
         server = subprocess.Popen(
-            [sys.executable, "-m", "morlaif.cli", "serve", "--insecure-dev", "--port", str(args.port),
+            [sys.executable, "-m", "morlaif", "serve", "--insecure-dev", "--port", str(args.port),
              "--log-level", "warning"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -34,15 +34,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import _rigs_path  # noqa: F401  (tests/ on sys.path: the rigs)
 import torch
 from peft import PeftModel
 
 from morlaif.principles import DEFAULT_CONSTITUTION
-from pm_server.batcher import Batcher
-from pm_server.engine import Row, ScoringEngine
-from pm_server.modeling import load_base
-from pm_server.template import InputTemplate, TemplateEncoder
-from pm_server.testing import make_random_package
+from pm_server.model.base import load_base
+from pm_server.model.template import InputTemplate, TemplateEncoder
+from pm_server.serving.batcher import Batcher
+from pm_server.serving.engine import Row, ScoringEngine
+from rigs.pm_packages import make_random_package
 
 WORDS = [
     "the",

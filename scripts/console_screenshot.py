@@ -31,7 +31,7 @@ def main() -> None:
     if chromium is None:
         sys.exit("error: Debian's chromium is not installed (apt-get install chromium)")
     url = f"http://127.0.0.1:{args.port}"
-    cmd = [sys.executable, "-m", "morlaif.cli", "serve", "--insecure-dev", "--port", str(args.port)]
+    cmd = [sys.executable, "-m", "morlaif", "serve", "--insecure-dev", "--port", str(args.port)]
     cmd += ["--adapter-root", str(args.adapter_root), "--runs-dir", str(args.runs_dir), "--log-level", "warning"]
     weights = args.adapter_root / "weights.json"
     if weights.is_file():

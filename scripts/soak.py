@@ -20,8 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-from morlaif.up import wait_http_ok
-from pm_server.loadgen import drive, expected_scores, median_latency
+import _rigs_path  # noqa: F401  (tests/ on sys.path: the rigs)
+
+from morlaif_cli.up import wait_http_ok
+from rigs.loadgen import drive, expected_scores, median_latency
 
 ITEMS = [
     {
@@ -55,7 +57,7 @@ def main() -> None:
     if args.max_queued_rows:
         env["MORLAIF_MAX_QUEUED_ROWS"] = str(args.max_queued_rows)
     url = f"http://127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "morlaif.cli", "serve", "--base", args.base, "--adapter-root", str(args.adapter_root)]
+    cmd = [sys.executable, "-m", "morlaif", "serve", "--base", args.base, "--adapter-root", str(args.adapter_root)]
     proc = subprocess.Popen([*cmd, "--port", str(port)], env=env, stdout=subprocess.DEVNULL)
     try:
         err = wait_http_ok(url + "/readyz", 300, lambda: None if proc.poll() is None else "the server exited")

@@ -31,14 +31,14 @@ def shared_data() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_encoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pm_server.testing import make_tiny_base
+    from rigs.pm_packages import make_tiny_base
 
     return make_tiny_base(tmp_path_factory.mktemp("tiny-encoder"), "encoder")
 
 
 @pytest.fixture(scope="session")
 def tiny_decoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pm_server.testing import make_tiny_base
+    from rigs.pm_packages import make_tiny_base
 
     return make_tiny_base(tmp_path_factory.mktemp("tiny-decoder"), "decoder")
 
@@ -46,7 +46,7 @@ def tiny_decoder_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lm_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random causal LM over a 16-word vocabulary, saved as a model folder."""
-    from policy_trainer.testing import save_tiny_lm
+    from rigs.tiny_lm import save_tiny_lm
 
     return save_tiny_lm(tmp_path_factory.mktemp("tiny-lm"))
 
@@ -122,7 +122,7 @@ def _tracked_servers() -> Iterator[type[LiveServer]]:
 @pytest.fixture
 def netlab():
     """Simulated network hosts (network namespaces on a bridge); skips, saying why, where they cannot be made."""
-    from morlaif.netlab import NetLab
+    from rigs.netlab import NetLab
 
     reason = NetLab.unavailable()
     if reason is not None:

@@ -9,16 +9,16 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
-from morlaif.cli import app
-from pm_server.api import create_app
-from pm_server.config import ServerSettings
+from morlaif_cli.main import app
+from pm_server.serving.api import create_app
+from pm_server.serving.config import ServerSettings
 
 runner = CliRunner()
 KEY = "score-key-0123456789"
 
 
 def test_help_is_actionable():
-    out = subprocess.run([sys.executable, "-m", "morlaif.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "morlaif", "--help"], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert "serve" in out.stdout and "score" in out.stdout
     for cmd, words in (

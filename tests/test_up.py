@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from feedback_worker.fake_openai import make_app
 from morlaif.store import PairRecord, open_store
+from rigs.fake_openai import make_app
 
-UP = [sys.executable, "-m", "morlaif.cli", "up"]
+UP = [sys.executable, "-m", "morlaif", "up"]
 
 
 class Lines:

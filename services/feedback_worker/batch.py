@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from feedback_worker.judges import PROMPT_VERSION, JudgeError, OpenAIJudge, OrderResult, combine, order_from_completion
+from morlaif.judges.remote import PROMPT_VERSION, JudgeError, OpenAIJudge, OrderResult, combine, order_from_completion
 from morlaif.principles import get_principle
 from morlaif.store import LabelIn, LeaseLost, Store
 

@@ -193,9 +193,9 @@ def run(
 
     from tqdm import tqdm
 
-    from feedback_worker.judges import OpenAIJudge
-    from feedback_worker.ratelimit import RateLimiter
     from feedback_worker.worker import run_worker
+    from morlaif.judges.ratelimit import RateLimiter
+    from morlaif.judges.remote import OpenAIJudge
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if quiet:
@@ -208,7 +208,7 @@ def run(
 
     local = None
     if judge_model == "local":
-        from feedback_worker.local_judge import TransformersJudge
+        from morlaif.judges.local import TransformersJudge
 
         local = TransformersJudge(model=local_model, name="local")
 
@@ -287,7 +287,7 @@ def batch_submit(
 ) -> None:
     """Send the judge's queued jobs as one OpenAI Batch API batch (cheaper, within 24 h); prints its id."""
     from feedback_worker.batch import submit_batch
-    from feedback_worker.judges import OpenAIJudge
+    from morlaif.judges.remote import OpenAIJudge
 
     client, key = _batch_client(base_url)
     s = _open(store)

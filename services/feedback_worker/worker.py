@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import anyio
 
-from feedback_worker.judges import PROMPT_VERSION, JudgeError, Judgement
+from morlaif.judges.remote import PROMPT_VERSION, JudgeError, Judgement
 from morlaif.principles import get_principle
 from morlaif.store import ClaimedJob, LabelIn, LeaseLost, Store
 

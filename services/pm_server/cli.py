@@ -69,7 +69,7 @@ def serve(
     """
     from pydantic import ValidationError
 
-    from pm_server.config import ServerSettings, SettingsError
+    from pm_server.serving.config import ServerSettings, SettingsError
 
     overrides = {
         k: v
@@ -93,7 +93,7 @@ def serve(
         typer.echo(f"error: cannot start the PM server: {_first_error(e)}", err=True)
         raise typer.Exit(2) from None
     if settings.rules_file is not None:
-        from pm_server.rules import RuleError, load_rules
+        from pm_server.serving.rules import RuleError, load_rules
 
         try:
             load_rules(settings.rules_file)
@@ -107,8 +107,8 @@ def serve(
         quiet_libraries()
     import uvicorn
 
-    from pm_server.api import create_app
-    from pm_server.modeling import load_base
+    from pm_server.model.base import load_base
+    from pm_server.serving.api import create_app
 
     try:  # before binding the port: a server that cannot load its base should not look alive
         base_model = load_base(

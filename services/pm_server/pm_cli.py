@@ -54,7 +54,7 @@ def _layers(value: str | None) -> list[int] | None:
 
 def _load_pairs(data: list[str] | None, store: str | None, judge: str | None, principles: list[str] | None) -> Any:
     """All pairs of the data files, plus the store's labels of `principles`; and their provenance."""
-    from pm_server.pairs import PairDataError, file_sha256, parse_spec, read_pairs, store_pairs
+    from pm_server.training.pairs import PairDataError, file_sha256, parse_spec, read_pairs, store_pairs
 
     pairs, sources = [], []
     given: dict[tuple[Path, str | None], str] = {}
@@ -161,8 +161,8 @@ def train(
         accelerate launch --multi_gpu --num_processes 8 -m morlaif pm train --principle factuality ...
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from pm_server.pairs import PairDataError
-    from pm_server.training import TrainConfig, TrainError, train_pm
+    from pm_server.training.pairs import PairDataError
+    from pm_server.training.trainer import TrainConfig, TrainError, train_pm
 
     if not data and store is None:
         raise _fail("give training data: --data FILE (repeatable) and/or --store URL")
@@ -293,12 +293,13 @@ def evaluate(
             --human harmlessness=hh-eval.jsonl --single single_pm --out var/eval
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from pm_server.modeling import DTYPES
+    from pm_server.model.base import DTYPES
 
     if dtype not in DTYPES:
         raise _fail(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    from pm_server.eval_report import write_figures, write_markdown
-    from pm_server.evaluation import (
+    from pm_server.model.base import load_base
+    from pm_server.model.package import PackageError, find_packages
+    from pm_server.training.evaluation import (
         Accuracy,
         PackageScorer,
         agreement_matrix,
@@ -308,9 +309,8 @@ def evaluate(
         principle_report,
         write_scalarizer_file,
     )
-    from pm_server.modeling import load_base
-    from pm_server.package import PackageError, find_packages
-    from pm_server.pairs import Pair, PairDataError, prompt_bucket
+    from pm_server.training.pairs import Pair, PairDataError, prompt_bucket
+    from pm_server.training.report import write_figures, write_markdown
 
     found = [n for n, _ in find_packages(adapter_root)]
     names = [x.strip() for x in principles.split(",") if x.strip()] if principles else [n for n in found if n != single]
@@ -404,7 +404,7 @@ def split(
     HH-RLHF transcripts come out as pairs with their prompt separated. The split depends only on each
     prompt's text and the salt, so it is the same on every machine and for every file order.
     """
-    from pm_server.pairs import PairDataError, prompt_bucket, read_pairs
+    from pm_server.training.pairs import PairDataError, prompt_bucket, read_pairs
 
     named: list[tuple[str, float]] = []
     for item in parts.split(","):

@@ -94,12 +94,12 @@ def winrate_cmd(
     except (MorlaifError, OSError) as e:
         raise _fail(str(e)) from None
     if judge == "local":
-        from feedback_worker.local_judge import TransformersJudge
+        from morlaif.judges.local import TransformersJudge
         from policy_trainer.train import resolve_device
 
         the_judge = TransformersJudge(model=local_model, name="local", device=str(resolve_device(device)))
     else:
-        from feedback_worker.judges import OpenAIJudge
+        from morlaif.judges.remote import OpenAIJudge
 
         key = os.environ.get(envvars.JUDGE_API_KEY) or os.environ.get(envvars.OPENAI_API_KEY)
         the_judge = OpenAIJudge(

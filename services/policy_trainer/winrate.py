@@ -118,7 +118,7 @@ async def judge_pairs(
 
     The policy's response is shown as A in one order and as B in the other (the judge asks both).
     """
-    from feedback_worker.judges import JudgeError
+    from morlaif.judges.remote import JudgeError
 
     sem = asyncio.Semaphore(concurrency)
     out: dict[str, list[float | None]] = {name: [None] * len(prompts) for name in phrases}

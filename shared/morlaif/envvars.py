@@ -1,7 +1,7 @@
 """Environment variables the code reads directly (not through pydantic-settings or a CLI option's envvar).
 
 One list, so that deployment files and documentation can be checked against what the code reads: the PM
-server's settings are `pm_server.config.ServerSettings` (MORLAIF_<FIELD>), CLI options name their own
+server's settings are `pm_server.serving.config.ServerSettings` (MORLAIF_<FIELD>), CLI options name their own
 envvar, and these are the rest.
 """
 

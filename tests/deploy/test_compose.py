@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from morlaif.testing import CliMismatch, check_cli_args, cli_env_vars
+from rigs.cli_args import CliMismatch, check_cli_args, cli_env_vars
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = shutil.which("docker-compose")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from morlaif.testing import check_cli_args
+from rigs.cli_args import check_cli_args
 
 ROOT = Path(__file__).resolve().parents[2]
 dfp = pytest.importorskip("dockerfile_parse", reason="dockerfile-parse is not installed (pip install -e .[dev])")
@@ -84,9 +84,9 @@ def test_morlaif_serve_imports_nothing_the_serve_image_leaves_out(tiny_encoder_d
     code = f"""
 import sys, time
 from fastapi.testclient import TestClient
-from morlaif.cli import app
-from pm_server.api import create_app
-from pm_server.config import ServerSettings
+from morlaif_cli.main import app
+from pm_server.serving.api import create_app
+from pm_server.serving.config import ServerSettings
 settings = ServerSettings(base_model={str(tiny_encoder_dir)!r}, adapter_root={str(tmp_path)!r}, insecure_dev=True)
 with TestClient(create_app(settings)) as client:
     for _ in range(300):

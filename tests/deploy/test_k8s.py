@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from morlaif.testing import CliMismatch, check_cli_args, cli_env_vars
+from rigs.cli_args import CliMismatch, check_cli_args, cli_env_vars
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "k8s"
@@ -107,7 +107,7 @@ def test_pm_server_probes_scaling_and_wiring(overlay):
 
 def test_the_configmap_carries_the_served_principles_and_the_fitted_weights():
     from morlaif.protocol import ScalarizerSpec
-    from pm_server.rules import DEFAULT_RULES, load_rules
+    from pm_server.serving.rules import DEFAULT_RULES, load_rules
 
     base = K8S / "base" / "config"
     assert load_rules(base / "rules.json") == DEFAULT_RULES

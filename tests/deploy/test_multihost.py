@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from feedback_worker.fake_openai import make_app
-from morlaif.netlab import TcpRelay, wait_http_ok
 from morlaif.store import PairRecord, open_store
-from policy_trainer.testing import word_prompts
+from rigs.fake_openai import make_app
+from rigs.netlab import TcpRelay, wait_http_ok
+from rigs.tiny_lm import word_prompts
 
 BIN = Path(sys.executable).parent
 MORLAIF = str(BIN / "morlaif")

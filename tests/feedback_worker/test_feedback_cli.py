@@ -6,7 +6,7 @@ import json
 
 from typer.testing import CliRunner
 
-from morlaif.cli import app
+from morlaif_cli.main import app
 
 runner = CliRunner()
 

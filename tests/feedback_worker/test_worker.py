@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from feedback_worker.fake_openai import FIRST_BIAS, PREFERENCE_LOGIT, make_app
-from feedback_worker.judges import OpenAIJudge
-from feedback_worker.ratelimit import RateLimiter
 from feedback_worker.worker import run_worker
+from morlaif.judges.ratelimit import RateLimiter
+from morlaif.judges.remote import OpenAIJudge
 from morlaif.store import PairRecord, open_store
+from rigs.fake_openai import FIRST_BIAS, PREFERENCE_LOGIT, make_app
 
 
 def _seed(url: str, n: int, principles: list[str]) -> int:
@@ -37,7 +37,7 @@ def _run_cmd(server_url: str, *args: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "morlaif.cli",
+        "morlaif_cli.main",
         "feedback",
         "run",
         "--judge",
@@ -152,13 +152,13 @@ def test_limiter_spacing_without_server():
 
 
 def test_answer_parsing_and_logprob_maths():
-    from feedback_worker.judges import OrderResult, combine, p_first_from_logprobs
+    from morlaif.judges.remote import OrderResult, combine, p_first_from_logprobs
 
     assert p_first_from_logprobs({"A": math.log(0.6), "B": math.log(0.2), "C": -0.1}) == pytest.approx(0.75)
     assert p_first_from_logprobs({" A": -0.1}) == 1.0 and p_first_from_logprobs({"Both": -0.1}) is None
     j = combine(OrderResult(p_first=0.9, hard=False, raw={}), OrderResult(p_first=0.3, hard=True, raw={}))
     assert j.p_a == pytest.approx(0.8) and j.hard
-    from feedback_worker.judges import _ANSWER
+    from morlaif.judges.remote import _ANSWER
 
     assert [bool(_ANSWER.match(t)) for t in ["A", "B.", "(A)", "Option B", "Both", "a", "AB"]] == [
         True,
@@ -311,7 +311,7 @@ async def _one(store, url, wid):
 def test_report_agreement_and_heatmap(store, live_server, tmp_path):
     from typer.testing import CliRunner
 
-    from morlaif.cli import app as cli
+    from morlaif_cli.main import app as cli
 
     srv = live_server(make_app()).start(ready_path=None)
     store.enqueue(["helpfulness", "toxicity"], "fake-judge")
@@ -332,7 +332,7 @@ def test_report_agreement_and_heatmap(store, live_server, tmp_path):
 def test_local_smollm2_judge(tmp_path_factory, monkeypatch, capfd):
     import tqdm  # imported before --quiet's TQDM_DISABLE, as the worker's CLI has it: the bar must still go
 
-    from feedback_worker.local_judge import TransformersJudge
+    from morlaif.judges.local import TransformersJudge
 
     assert tqdm
     cache = tmp_path_factory.getbasetemp() / "models"
@@ -490,7 +490,7 @@ def test_a_read_only_store_is_a_clear_error_not_a_hang(tmp_path):
     with exit code 1 and the database's own reason, instead of retrying as if it were a restart."""
     from typer.testing import CliRunner
 
-    from morlaif.cli import app as cli
+    from morlaif_cli.main import app as cli
 
     db = tmp_path / "labels.db"
     pairs = tmp_path / "pairs.jsonl"

@@ -14,8 +14,8 @@ from peer_helpers import ADMIN_KEY, API_KEY
 
 @pytest.fixture(scope="module")
 def peer_root(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) -> Path:
-    from pm_server.modeling import load_base
-    from pm_server.testing import make_random_package
+    from pm_server.model.base import load_base
+    from rigs.pm_packages import make_random_package
 
     base = load_base(str(tiny_encoder_dir))
     root = tmp_path_factory.mktemp("peer-adapters")
@@ -27,8 +27,8 @@ def peer_root(tmp_path_factory: pytest.TempPathFactory, tiny_encoder_dir: Path) 
 @pytest.fixture(scope="module")
 def start_server(module_live_server, tiny_encoder_dir, peer_root):
     def start(**overrides):
-        from pm_server.api import create_app
-        from pm_server.config import ServerSettings
+        from pm_server.serving.api import create_app
+        from pm_server.serving.config import ServerSettings
 
         settings = ServerSettings(base_model=str(tiny_encoder_dir), adapter_root=peer_root, api_key=API_KEY,
                                   admin_key=ADMIN_KEY, **overrides)  # fmt: skip

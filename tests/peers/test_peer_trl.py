@@ -35,8 +35,8 @@ def chat_lm_dir(tmp_path, tiny_lm_dir):
 @pytest.fixture
 def recording_rule_server(live_server, tiny_encoder_dir, tmp_path):
     """A PM server whose one principle is a rule (1 when the response says "good"), recording /v1/score bodies."""
-    from pm_server.api import create_app
-    from pm_server.config import ServerSettings
+    from pm_server.serving.api import create_app
+    from pm_server.serving.config import ServerSettings
 
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps([{"name": "says_good", "kind": "regex", "pattern": r"\bgood\b"}]))

@@ -9,14 +9,14 @@ from morlaif.protocol import Calibration
 
 @pytest.fixture(scope="session")
 def encoder_base(tiny_encoder_dir: Path):
-    from pm_server.modeling import load_base
+    from pm_server.model.base import load_base
 
     return load_base(str(tiny_encoder_dir))
 
 
 @pytest.fixture(scope="session")
 def decoder_base(tiny_decoder_dir: Path):
-    from pm_server.modeling import load_base
+    from pm_server.model.base import load_base
 
     return load_base(str(tiny_decoder_dir))
 
@@ -24,7 +24,7 @@ def decoder_base(tiny_decoder_dir: Path):
 @pytest.fixture(scope="session")
 def encoder_root(tmp_path_factory: pytest.TempPathFactory, encoder_base) -> Path:
     """helpfulness v1 and v2, harmlessness v1 and factuality v1 for the tiny encoder."""
-    from pm_server.testing import make_random_package
+    from rigs.pm_packages import make_random_package
 
     root = tmp_path_factory.mktemp("adapters")
     make_random_package(root, encoder_base, "helpfulness", "v1", seed=1, calibration=Calibration(mean=0.5, std=2.0))
@@ -36,7 +36,7 @@ def encoder_root(tmp_path_factory: pytest.TempPathFactory, encoder_base) -> Path
 
 @pytest.fixture(scope="session")
 def encoder_v2_root(tmp_path_factory: pytest.TempPathFactory, encoder_base) -> Path:
-    from pm_server.testing import make_random_package
+    from rigs.pm_packages import make_random_package
 
     root = tmp_path_factory.mktemp("adapters-v2")
     make_random_package(root, encoder_base, "helpfulness", "v2", seed=11)

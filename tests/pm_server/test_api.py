@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from morlaif.scalarize import scalarize
-from pm_server.api import create_app
-from pm_server.config import ServerSettings
+from pm_server.serving.api import create_app
+from pm_server.serving.config import ServerSettings
 
 API_KEY = "score-key-0123456789"
 ADMIN_KEY = "admin-key-0123456789"
@@ -241,7 +241,7 @@ def test_malformed_and_oversized_bodies(live_server, tiny_encoder_dir, encoder_r
 
 
 def test_bad_admin_input(live_server, tiny_encoder_dir, encoder_root, tmp_path, decoder_base):
-    from pm_server.testing import make_random_package
+    from rigs.pm_packages import make_random_package
 
     root = tmp_path / "root"
     shutil.copytree(encoder_root, root)
@@ -363,7 +363,7 @@ def test_rows_of_clients_that_went_away_are_dropped(live_server, tiny_encoder_di
 
 
 def test_decoder_base_serves_over_http(live_server, tiny_decoder_dir, decoder_base, tmp_path):
-    from pm_server.testing import make_random_package
+    from rigs.pm_packages import make_random_package
 
     make_random_package(tmp_path, decoder_base, "helpfulness", "v1", seed=7)
     make_random_package(tmp_path, decoder_base, "sycophancy", "v1", seed=8)
@@ -383,7 +383,7 @@ def test_decoder_group_shares_its_prompt_over_http(live_server, tiny_decoder_dir
     server's counter says how many tokens that saved) and every score equals the response scored alone."""
     import re
 
-    from pm_server.testing import make_random_package
+    from rigs.pm_packages import make_random_package
 
     make_random_package(tmp_path, decoder_base, "helpfulness", "v1", seed=7, layers_to_transform=[1])
     srv = start(live_server, tiny_decoder_dir, tmp_path)
@@ -399,9 +399,9 @@ def test_decoder_group_shares_its_prompt_over_http(live_server, tiny_decoder_dir
 
 
 def test_each_package_uses_its_own_template(live_server, tiny_encoder_dir, encoder_base, tmp_path):
-    from pm_server.engine import Row, ScoringEngine
-    from pm_server.template import InputTemplate, TemplateEncoder
-    from pm_server.testing import make_random_package
+    from pm_server.model.template import InputTemplate, TemplateEncoder
+    from pm_server.serving.engine import Row, ScoringEngine
+    from rigs.pm_packages import make_random_package
 
     short = InputTemplate(kind="pair", max_length=16)
     make_random_package(tmp_path, encoder_base, "conciseness", "v1", seed=3, template=short)
@@ -426,7 +426,7 @@ def test_each_package_uses_its_own_template(live_server, tiny_encoder_dir, encod
 
 
 def load_base_fresh(path):
-    from pm_server.modeling import load_base
+    from pm_server.model.base import load_base
 
     return load_base(str(path))
 

@@ -6,11 +6,11 @@ import random
 
 import pytest
 
-from pm_server.batcher import Batcher
-from pm_server.engine import Row, ScoringEngine
-from pm_server.errors import Overloaded, TooLarge
-from pm_server.modeling import load_base
-from pm_server.template import TemplateEncoder
+from pm_server.model.base import load_base
+from pm_server.model.template import TemplateEncoder
+from pm_server.serving.batcher import Batcher
+from pm_server.serving.engine import Row, ScoringEngine
+from pm_server.serving.errors import Overloaded, TooLarge
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +153,7 @@ def test_an_items_principles_stay_in_one_micro_batch(engine_rows):
 
 @pytest.fixture(scope="module")
 def decoder_group(tiny_decoder_dir, tmp_path_factory):
-    from pm_server.testing import make_random_package
+    from rigs.pm_packages import make_random_package
 
     root = tmp_path_factory.mktemp("group-adapters")
     names = ["helpfulness", "harmlessness", "factuality"]

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from morlaif.scalarize import SCALARIZERS, scalarize
-from pm_server.api import create_app
-from pm_server.config import ServerSettings
-from pm_server.console import HACKING_DELTA, hacking_warnings
+from pm_server.serving.api import create_app
+from pm_server.serving.config import ServerSettings
+from pm_server.serving.console import HACKING_DELTA, hacking_warnings
 
 API_KEY = "console-key-0123456789"
 ADMIN_KEY = "console-admin-0123456789"

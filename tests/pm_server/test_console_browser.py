@@ -13,8 +13,8 @@ import torch
 
 from morlaif.protocol import ScalarizerSpec
 from morlaif.scalarize import scalarize
-from pm_server.api import create_app
-from pm_server.config import ServerSettings
+from pm_server.serving.api import create_app
+from pm_server.serving.config import ServerSettings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(

@@ -7,12 +7,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from pm_server.api import create_app
-from pm_server.config import ServerSettings
-from pm_server.evaluation import Accuracy, PackageScorer, labelled_margins
-from pm_server.modeling import load_base
-from pm_server.package import find_packages
-from pm_server.pairs import prompt_bucket, read_pairs
+from pm_server.model.base import load_base
+from pm_server.model.package import find_packages
+from pm_server.serving.api import create_app
+from pm_server.serving.config import ServerSettings
+from pm_server.training.evaluation import Accuracy, PackageScorer, labelled_margins
+from pm_server.training.pairs import prompt_bucket, read_pairs
 
 ROOT = Path(__file__).resolve().parents[2] / "adapters"
 DEFAULTS = {"helpfulness", "harmlessness", "factuality", "sycophancy", "single_pm"}

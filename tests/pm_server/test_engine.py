@@ -10,11 +10,11 @@ import pytest
 import torch
 from peft import PeftModel
 
-from pm_server.engine import BASE_ADAPTER, Row, ScoringEngine, collate
-from pm_server.modeling import load_base
-from pm_server.package import PackageError, check_package, find_packages, resolve_package_dir
-from pm_server.template import InputTemplate, TemplateEncoder
-from pm_server.testing import make_random_package
+from pm_server.model.base import load_base
+from pm_server.model.package import PackageError, check_package, find_packages, resolve_package_dir
+from pm_server.model.template import InputTemplate, TemplateEncoder
+from pm_server.serving.engine import BASE_ADAPTER, Row, ScoringEngine, collate
+from rigs.pm_packages import make_random_package
 
 PROMPTS = [
     ("What is the capital of France?", "Paris."),
@@ -126,7 +126,7 @@ def test_unsupported_adapters_fall_back_to_peft(tmp_path, tiny_encoder_dir):
 
     from peft import LoraConfig, get_peft_model
 
-    from pm_server.package import PackageManifest, save_package
+    from pm_server.model.package import PackageManifest, save_package
 
     base = load_base(str(tiny_encoder_dir))
     make_random_package(tmp_path, base, "helpfulness", "v1", seed=1)
@@ -269,7 +269,7 @@ def test_package_checks(tmp_path, encoder_base, decoder_base):
 @pytest.fixture(scope="module")
 def upper_third(family, tmp_path_factory):
     """A 3-layer base of the family and four principles whose LoRA touches only the upper layers."""
-    from pm_server.testing import make_tiny_base
+    from rigs.pm_packages import make_tiny_base
 
     base_dir = make_tiny_base(tmp_path_factory.mktemp(f"deep-{family}"), family, layers=3)
     base = load_base(str(base_dir))
@@ -357,7 +357,7 @@ def _with_head(base_dir, pkg_dir):
     """The reference: the plain base with its score head replaced by the package's head."""
     from safetensors.torch import load_file
 
-    from pm_server.modeling import score_head
+    from pm_server.model.base import score_head
 
     base = load_base(str(base_dir))
     t = load_file(str(pkg_dir / "head.safetensors"))
@@ -370,7 +370,7 @@ def _with_head(base_dir, pkg_dir):
 
 
 def test_head_only_principles_cost_one_base_row_per_item(upper_third, family, tmp_path):
-    from pm_server.testing import make_head_package
+    from rigs.pm_packages import make_head_package
 
     base_dir, root, names = upper_third
     engine = _engine(base_dir, root, ["helpfulness"])
@@ -408,7 +408,7 @@ def test_head_only_principles_cost_one_base_row_per_item(upper_third, family, tm
 
 
 def test_head_only_principles_without_any_lora(upper_third, tmp_path):
-    from pm_server.testing import make_head_package
+    from rigs.pm_packages import make_head_package
 
     base_dir, _, _ = upper_third
     engine = ScoringEngine(load_base(str(base_dir)))
@@ -429,7 +429,7 @@ def test_head_only_principles_without_any_lora(upper_third, tmp_path):
 def test_head_package_checks(upper_third, tmp_path):
     from safetensors.torch import save_file
 
-    from pm_server.testing import make_head_package
+    from rigs.pm_packages import make_head_package
 
     base_dir, _, _ = upper_third
     base = load_base(str(base_dir))
@@ -506,7 +506,7 @@ def test_bfloat16_engine_keeps_every_saving_and_stays_near_float32(upper_third, 
     """`dtype=bfloat16`: adapters, stacked LoRA, shared trunk, read-out, head-only principles and prompt
     sharing all compute in bfloat16; scores stay within bfloat16's rounding of float32's, and its savings
     stay as close to its own plain forward."""
-    from pm_server.testing import make_head_package
+    from rigs.pm_packages import make_head_package
 
     base_dir, root, names = upper_third
     bf = ScoringEngine(load_base(str(base_dir), dtype="bfloat16"))

@@ -15,8 +15,8 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from pm_server.api import create_app
-from pm_server.config import ServerSettings
+from pm_server.serving.api import create_app
+from pm_server.serving.config import ServerSettings
 
 #: what the issue asks of every response: no 5xx, and status, content type, headers and body as documented.
 #: (Not "every schema-valid request is accepted": cross-field rules such as "prompt and response, or messages

@@ -11,8 +11,8 @@ import sys
 
 import pytest
 
-from morlaif.up import wait_http_ok
-from pm_server.loadgen import drive, expected_scores, median_latency, rss_mb
+from morlaif_cli.up import wait_http_ok
+from rigs.loadgen import drive, expected_scores, median_latency, rss_mb
 
 API_KEY = "load-score-key-0123456789"
 PRINCIPLES = ["factuality", "harmlessness", "helpfulness"]
@@ -37,7 +37,7 @@ def served(tiny_encoder_dir, encoder_root, unused_port):
         "MORLAIF_MAX_WAIT_MS": "5",
     }
     url = f"http://127.0.0.1:{unused_port}"
-    cmd = [sys.executable, "-m", "morlaif.cli", "serve", "--base", str(tiny_encoder_dir)]
+    cmd = [sys.executable, "-m", "morlaif", "serve", "--base", str(tiny_encoder_dir)]
     cmd += ["--adapter-root", str(encoder_root), "--port", str(unused_port)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:

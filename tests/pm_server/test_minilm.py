@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from pm_server.engine import Row, ScoringEngine
-from pm_server.modeling import load_base
-from pm_server.template import TemplateEncoder
-from pm_server.testing import make_random_package
+from pm_server.model.base import load_base
+from pm_server.model.template import TemplateEncoder
+from pm_server.serving.engine import Row, ScoringEngine
+from rigs.pm_packages import make_random_package
 
 
 @pytest.mark.slow

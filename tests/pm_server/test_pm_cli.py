@@ -14,10 +14,10 @@ import httpx
 import pytest
 
 from morlaif.protocol import ScalarizerSpec
-from pm_server.api import create_app
-from pm_server.config import ServerSettings
-from pm_server.pairs import Pair, split_by_prompt
-from pm_server.testing import politeness_pairs
+from pm_server.serving.api import create_app
+from pm_server.serving.config import ServerSettings
+from pm_server.training.pairs import Pair, split_by_prompt
+from rigs.pm_packages import politeness_pairs
 
 ADMIN_KEY = "admin-key-0123456789"
 API_KEY = "score-key-0123456789"
@@ -25,7 +25,7 @@ FAST = ["--epochs", "2", "--batch-size", "16", "--lr", "3e-3", "--max-length", "
 
 
 def morlaif(*args: str, env: dict[str, str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-c", "from morlaif.cli import main; main()", *args]
+    cmd = [sys.executable, "-m", "morlaif", *args]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**os.environ, **(env or {})})
     if check:
         assert res.returncode == 0, res.stderr[-3000:]
@@ -241,7 +241,7 @@ def test_ctrl_c_or_sigterm_saves_a_consistent_checkpoint_and_the_rerun_resumes(t
 
     f = write_pairs(tmp_path / "p.jsonl", politeness_pairs(400))
     run = tmp_path / "run"
-    args = [sys.executable, "-c", "from morlaif.cli import main; main()", "pm", "train", "--principle", "politeness",
+    args = [sys.executable, "-m", "morlaif", "pm", "train", "--principle", "politeness",
             "--data", str(f), "--run-dir", str(run), "--base", str(tiny_encoder_dir), "--out-root", str(tmp_path / "a"),
             "--epochs", "200", "--patience", "200", "--max-length", "64", "--device", "cpu", "--quiet"]  # fmt: skip
 
@@ -290,8 +290,8 @@ def test_eval_errors_are_clear(tmp_path, tiny_encoder_dir):
     root = tmp_path / "adapters"
     res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir), check=False)
     assert res.returncode == 2 and "no packages to evaluate" in res.stderr
-    from pm_server.modeling import load_base
-    from pm_server.testing import make_random_package
+    from pm_server.model.base import load_base
+    from rigs.pm_packages import make_random_package
 
     make_random_package(root, load_base(str(tiny_encoder_dir)), "politeness")
     res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir), "--principles",

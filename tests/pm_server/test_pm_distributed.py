@@ -23,7 +23,7 @@ from launching import accelerate_launch, launch_env
 from safetensors.torch import load_file
 from test_pm_cli import write_pairs
 
-from pm_server.testing import politeness_pairs
+from rigs.pm_packages import politeness_pairs
 
 pytestmark = pytest.mark.timeout(600)
 TOL = 1e-5

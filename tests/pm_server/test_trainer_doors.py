@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse, Response
 
 from morlaif.client import AsyncMorlaifClient, MorlaifClient, RemoteReward, RetryPolicy, SyncRemoteReward
 from morlaif.errors import APIStatusError, InvalidInputError
-from pm_server.api import create_app
-from pm_server.config import ServerSettings
+from pm_server.serving.api import create_app
+from pm_server.serving.config import ServerSettings
 
 API_KEY = "score-key-0123456789"
 ADMIN_KEY = "admin-key-0123456789"
@@ -305,7 +305,7 @@ def test_keys_trusted_networks_and_loopback_only_insecure_dev(live_server, tiny_
     assert ServerSettings(base_model=str(tiny_encoder_dir), insecure_dev=True, host="::1").insecure_dev
     from typer.testing import CliRunner
 
-    from morlaif.cli import app
+    from morlaif_cli.main import app
 
     r = CliRunner().invoke(app, ["serve", "--insecure-dev", "--host", "0.0.0.0"])
     assert r.exit_code == 2 and "loopback only" in r.output
@@ -372,7 +372,7 @@ def test_batch_invariance_is_reported_and_holds_in_float32(server):
 def test_score_cli_records_a_bad_record_and_goes_on(server, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from morlaif.cli import app
+    from morlaif_cli.main import app
 
     monkeypatch.setenv("MORLAIF_API_KEY", API_KEY)
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
@@ -394,7 +394,7 @@ def test_the_operator_names_the_policys_tokenizer(live_server, tiny_encoder_dir,
     from tokenizers import Tokenizer, models
     from transformers import PreTrainedTokenizerFast
 
-    from pm_server.service import policy_query_parser
+    from pm_server.serving.service import policy_query_parser
 
     def save(path, template: str) -> str:
         tok = PreTrainedTokenizerFast(
@@ -429,7 +429,7 @@ def test_a_forwarded_for_header_does_not_make_a_client_trusted(tiny_encoder_dir,
         port = sock.getsockname()[1]
     env = {**os.environ, "MORLAIF_API_KEY": API_KEY, "MORLAIF_ADMIN_KEY": ADMIN_KEY,
            "MORLAIF_TRUSTED_NETWORKS": "10.0.0.0/8"}  # fmt: skip
-    cmd = [sys.executable, "-m", "morlaif.cli", "serve", "--base", str(tiny_encoder_dir), "--adapter-root",
+    cmd = [sys.executable, "-m", "morlaif", "serve", "--base", str(tiny_encoder_dir), "--adapter-root",
            str(tmp_path / "none"), "--port", str(port), "--log-level", "warning"]  # fmt: skip
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -452,7 +452,7 @@ def test_a_forwarded_for_header_does_not_make_a_client_trusted(tiny_encoder_dir,
 def test_score_cli_goes_on_past_bytes_that_are_not_utf8_and_overlong_records(server, tmp_path, monkeypatch):
     from typer.testing import CliRunner
 
-    from morlaif.cli import app
+    from morlaif_cli.main import app
 
     monkeypatch.setenv("MORLAIF_API_KEY", API_KEY)
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"

@@ -10,14 +10,21 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pm_server.api import create_app
-from pm_server.config import ServerSettings
-from pm_server.evaluation import PackageScorer, accuracy, fit_weights
-from pm_server.modeling import load_base
-from pm_server.package import check_package
-from pm_server.pairs import Pair, split_by_prompt
-from pm_server.testing import politeness_pairs
-from pm_server.training import TrainConfig, TrainError, bradley_terry_loss, default_layers, pair_accuracy, train_pm
+from pm_server.model.base import load_base
+from pm_server.model.package import check_package
+from pm_server.serving.api import create_app
+from pm_server.serving.config import ServerSettings
+from pm_server.training.evaluation import PackageScorer, accuracy, fit_weights
+from pm_server.training.pairs import Pair, split_by_prompt
+from pm_server.training.trainer import (
+    TrainConfig,
+    TrainError,
+    bradley_terry_loss,
+    default_layers,
+    pair_accuracy,
+    train_pm,
+)
+from rigs.pm_packages import politeness_pairs
 
 FAST = {"epochs": 3, "batch_size": 16, "learning_rate": 3e-3, "lora_r": 8, "max_length": 64, "device": "cpu"}
 
@@ -259,7 +266,7 @@ def test_head_only_pm_trains_and_is_served_beside_a_lora_pm(tmp_path, tiny_decod
     """`head_only`: the base frozen, the score head learnt; a `head` package the server serves (kind head)
     beside LoRA packages, scoring as the evaluation does. (On the tiny decoder: a random tiny BERT's pooled
     features hardly vary between inputs, so no head can learn on them; a trained base's do.)"""
-    from pm_server.testing import make_random_package
+    from rigs.pm_packages import make_random_package
 
     pairs = politeness_pairs(360)
     root = tmp_path / "adapters"

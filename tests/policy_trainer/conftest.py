@@ -10,8 +10,8 @@ import pytest
 @pytest.fixture
 def make_rule_server(live_server, tiny_encoder_dir, tmp_path):
     """Starts PM servers whose only principle, says_good, is a rule: 1 when the response says "good", else 0."""
-    from pm_server.api import create_app
-    from pm_server.config import ServerSettings
+    from pm_server.serving.api import create_app
+    from pm_server.serving.config import ServerSettings
 
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps([{"name": "says_good", "kind": "regex", "pattern": r"\bgood\b"}]))

@@ -11,7 +11,7 @@ import statistics
 import pytest
 from typer.testing import CliRunner
 
-from morlaif.cli import app as cli
+from morlaif_cli.main import app as cli
 from policy_trainer.conditioning import (
     ConditionError,
     Scaling,
@@ -107,8 +107,8 @@ def test_evaluation_measures_requested_against_achieved():
 
 @pytest.fixture
 def two_rule_server(live_server, tiny_encoder_dir, tmp_path):
-    from pm_server.api import create_app
-    from pm_server.config import ServerSettings
+    from pm_server.serving.api import create_app
+    from pm_server.serving.config import ServerSettings
 
     rules = tmp_path / "rules.json"
     rules.write_text(
@@ -126,7 +126,7 @@ def two_rule_server(live_server, tiny_encoder_dir, tmp_path):
 
 
 def test_score_condition_sft_and_eval_conditioning_end_to_end(tmp_path, two_rule_server, tiny_lm_dir):
-    from policy_trainer.testing import word_prompts
+    from rigs.tiny_lm import word_prompts
 
     dialogues = tmp_path / "dialogues.jsonl"
     lines = []

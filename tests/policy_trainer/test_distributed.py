@@ -29,7 +29,7 @@ TOL = 1e-5
 
 @pytest.fixture
 def prompt_file(tmp_path):
-    from policy_trainer.testing import word_prompts
+    from rigs.tiny_lm import word_prompts
 
     path = tmp_path / "prompts.jsonl"
     path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in word_prompts(40)))
@@ -100,8 +100,8 @@ def test_a_global_batch_that_does_not_split_over_the_processes_is_refused_naming
 def one_rank_fails(live_server, tiny_encoder_dir, tmp_path):
     """A rule server that answers 503 to every request on the connection of the 3rd /v1/score request (one
     rank's client, at step 2) and to its retries; the other rank's requests are answered."""
-    from pm_server.api import create_app
-    from pm_server.config import ServerSettings
+    from pm_server.serving.api import create_app
+    from pm_server.serving.config import ServerSettings
 
     rules = tmp_path / "rules.json"
     rules.write_text(json.dumps([{"name": "says_good", "kind": "regex", "pattern": r"\bgood\b"}]))
@@ -185,8 +185,8 @@ def test_the_ready_launch_configurations_are_what_accelerate_launch_reads(name):
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from launching import ROOT
 
-    from morlaif.testing import check_cli_args
     from policy_trainer.ppo import PPOConfig
+    from rigs.cli_args import check_cli_args
 
     path = ROOT / "configs" / "accelerate" / f"{name}.yaml"
     args = launch_command_parser().parse_args(["--config_file", str(path), "-m", "morlaif", "ppo", "train"])

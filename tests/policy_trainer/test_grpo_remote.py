@@ -7,7 +7,7 @@ import math
 
 from dialogue import load_example
 
-from policy_trainer.testing import word_prompts
+from rigs.tiny_lm import word_prompts
 
 
 def test_two_grpo_steps_against_a_pm_server(rule_server, tiny_lm_dir, tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from morlaif.client import MorlaifClient
 from policy_trainer.ppo import GenerationConfig, PPOConfig, PPOTrainer, RewardConfig
-from policy_trainer.testing import WORDS, tiny_lm
+from rigs.tiny_lm import WORDS, tiny_lm
 
 
 def run(server_url: str, kl_coef: float, steps: int, seed: int = 0) -> list[dict[str, float]]:

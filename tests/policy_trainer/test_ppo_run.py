@@ -11,8 +11,8 @@ import torch
 from safetensors.torch import load_file
 
 from policy_trainer.config import ConfigError, TrainConfig, default_yaml, load_config
-from policy_trainer.testing import word_prompts
 from policy_trainer.train import RewardUnavailableError, train
+from rigs.tiny_lm import word_prompts
 
 
 @pytest.fixture
@@ -233,7 +233,7 @@ def test_sigterm_finishes_the_step_saves_a_checkpoint_and_exits_143(rule_server,
     cfg = tiny_config(tiny_lm_dir, prompt_file, out, rule_server.url, steps=200, **{"run.save_every": 200})
     (tmp_path / "ppo.yaml").write_text(default_yaml(cfg))
     heartbeat = tmp_path / "alive"
-    argv = [sys.executable, "-c", "from morlaif.cli import main; main()", "ppo", "train", "--quiet",
+    argv = [sys.executable, "-m", "morlaif", "ppo", "train", "--quiet",
             "--heartbeat", str(heartbeat)]  # fmt: skip
     env = {**os.environ, "MORLAIF_PPO_CONFIG": str(tmp_path / "ppo.yaml")}  # what compose sets
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
@@ -260,7 +260,7 @@ def test_a_run_folder_it_cannot_make_is_a_clear_error(rule_server, tiny_lm_dir, 
     """Found by the Docker smoke test: a volume the trainer's user cannot write gave a traceback and exit 1."""
     from typer.testing import CliRunner
 
-    from morlaif.cli import app
+    from morlaif_cli.main import app
 
     (tmp_path / "a-file").write_text("not a folder")
     out = tmp_path / "a-file" / "run"

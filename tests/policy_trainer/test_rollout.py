@@ -12,7 +12,7 @@ import torch
 
 from policy_trainer.ppo import GenerationConfig
 from policy_trainer.rollout import GumbelSampler, VLLMRollouts, check_backend, generate_hf, row_seed
-from policy_trainer.testing import tiny_lm
+from rigs.tiny_lm import tiny_lm
 
 
 def test_gumbel_max_samples_the_softmax_of_the_warped_logits():

@@ -15,14 +15,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
-from feedback_worker.fake_openai import make_app, policy_texts
-from morlaif.cli import app as cli
 from morlaif.store import open_store
 from morlaif.store.models import Comparison, Job, Prompt, Response
+from morlaif_cli.main import app as cli
 from policy_trainer.data import PromptDataError, read_prompts
 from policy_trainer.generate import SamplingConfig
 from policy_trainer.sample import EndpointGenerator, LocalGenerator, choose_pairs, sample_to_store
 from policy_trainer.train import load_trained_policy
+from rigs.fake_openai import make_app, policy_texts
 
 PROMPTS = [
     "\n\nHuman: How do I boil an egg?\n\nAssistant:",

@@ -10,10 +10,10 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from morlaif.cli import app as cli
+from morlaif_cli.main import app as cli
 from policy_trainer.sft import SFTDataError, SFTSettings, read_sft_examples, run_sft
-from policy_trainer.testing import word_prompts
 from policy_trainer.train import POLICY_MANIFEST, load_trained_policy
+from rigs.tiny_lm import word_prompts
 
 TARGET = "good good good"
 

@@ -6,8 +6,8 @@ import json
 import sys
 from pathlib import Path
 
-from morlaif.netlab import wait_http_ok
-from policy_trainer.testing import word_prompts
+from rigs.netlab import wait_http_ok
+from rigs.tiny_lm import word_prompts
 
 BIN = Path(sys.executable).parent
 API_KEY = "two-hosts-scoring-key-0123456789"

@@ -8,10 +8,10 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from feedback_worker.fake_openai import FIRST_BIAS, PREFERENCE_LOGIT, make_app
-from morlaif.cli import app
-from policy_trainer.testing import save_one_word_lm, word_prompts
+from morlaif_cli.main import app
 from policy_trainer.winrate import OVERALL, WinRateError, baseline_of, prompt_source, summarize, wilson_interval
+from rigs.fake_openai import FIRST_BIAS, PREFERENCE_LOGIT, make_app
+from rigs.tiny_lm import save_one_word_lm, word_prompts
 
 
 def sigmoid(x: float) -> float:

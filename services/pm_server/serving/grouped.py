@@ -31,7 +31,7 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import ModulesToSaveWrapper
 
-from pm_server.readout import Readout, install_readout, readout_kind
+from pm_server.serving.readout import Readout, install_readout, readout_kind
 
 __all__ = ["GroupedLoRA"]
 

@@ -25,7 +25,7 @@ from safetensors import safe_open
 from morlaif.errors import MorlaifError
 from morlaif.principles import PRINCIPLE_NAME_RE
 from morlaif.protocol import Calibration
-from pm_server.template import InputTemplate
+from pm_server.model.template import InputTemplate
 
 __all__ = [
     "PackageError",

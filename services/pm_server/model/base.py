@@ -17,7 +17,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_N
 
 from morlaif.distributed import resolve_device
 from morlaif.models import SMOLLM2, smollm2_dir
-from pm_server.template import InputTemplate
+from pm_server.model.template import InputTemplate
 
 __all__ = [
     "BaseModel",

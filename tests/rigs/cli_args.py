@@ -11,8 +11,8 @@ __all__ = ["CliMismatch", "check_cli_args", "cli_env_vars"]
 def cli_env_vars() -> set[str]:
     """Every environment variable the code reads: server settings, CLI options' envvars, direct reads."""
     from morlaif import envvars
-    from morlaif.cli import app
-    from pm_server.config import ServerSettings
+    from morlaif_cli.main import app
+    from pm_server.serving.config import ServerSettings
 
     names = {f"MORLAIF_{f.upper()}" for f in ServerSettings.model_fields}
     names |= set(envvars.DIRECT)
@@ -38,7 +38,7 @@ class CliMismatch(Exception):
 
 def check_cli_args(argv: list[str], env: dict[str, str] | None = None) -> None:
     """Parse argv as `morlaif` would (sub-commands, options, types) without running it; CliMismatch if not."""
-    from morlaif.cli import app
+    from morlaif_cli.main import app
 
     cmd = typer.main.get_command(app)
     args = list(argv)

@@ -25,12 +25,12 @@ import torch
 from morlaif.errors import ScalarizeError
 from morlaif.protocol import ScalarizerSpec
 from morlaif.scalarize import SCALARIZERS, scalarize
-from pm_server.engine import BASE_ADAPTER, Row, ScoringEngine
-from pm_server.modeling import BaseModel
-from pm_server.package import CheckedPackage, check_package, resolve_package_dir
-from pm_server.pairs import Pair, split_by_prompt
-from pm_server.template import InputTemplate, TemplateEncoder
-from pm_server.training import wilson_interval
+from pm_server.model.base import BaseModel
+from pm_server.model.package import CheckedPackage, check_package, resolve_package_dir
+from pm_server.model.template import InputTemplate, TemplateEncoder
+from pm_server.serving.engine import BASE_ADAPTER, Row, ScoringEngine
+from pm_server.training.pairs import Pair, split_by_prompt
+from pm_server.training.trainer import wilson_interval
 
 __all__ = [
     "Accuracy",

@@ -23,9 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
-from pm_server.engine import Row, ScoringEngine
-from pm_server.errors import Overloaded, TooLarge
-from pm_server.metrics import Metrics
+from pm_server.serving.engine import Row, ScoringEngine
+from pm_server.serving.errors import Overloaded, TooLarge
+from pm_server.serving.metrics import Metrics
 
 __all__ = ["Batcher"]
 

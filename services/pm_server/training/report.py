@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pm_server.evaluation import fmt
+from pm_server.training.evaluation import fmt
 
 __all__ = ["write_figures", "write_markdown"]
 

@@ -23,7 +23,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from pm_server.metrics import Metrics
+from pm_server.serving.metrics import Metrics
 
 __all__ = [
     "STATIC_DIR",
@@ -37,7 +37,7 @@ __all__ = [
     "stats",
 ]
 
-STATIC_DIR = Path(__file__).with_name("console")
+STATIC_DIR = Path(__file__).parent
 _RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: metrics.jsonl lines read at most (the newest are kept): about 10 MB of a long run
 _MAX_LINES = 20000

@@ -20,10 +20,10 @@ from typing import Protocol
 import torch
 from peft import PeftModel
 
-from pm_server.grouped import GroupedLoRA, unsupported_reason
-from pm_server.modeling import BaseModel, score_head
-from pm_server.package import HEAD_WEIGHTS
-from pm_server.readout import Readout
+from pm_server.model.base import BaseModel, score_head
+from pm_server.model.package import HEAD_WEIGHTS
+from pm_server.serving.grouped import GroupedLoRA, unsupported_reason
+from pm_server.serving.readout import Readout
 
 __all__ = ["Row", "ScoringEngine", "BASE_ADAPTER", "collate"]
 
@@ -53,7 +53,7 @@ class _Sequence(Protocol):
 
 
 def collate(rows: Sequence[_Sequence], pad_id: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """Right-padded model inputs for `rows` (scoring here, training in `pm_server.training`)."""
+    """Right-padded model inputs for `rows` (scoring here, training in `pm_server.training.trainer`)."""
     width = max(len(r.input_ids) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
     mask = torch.zeros((len(rows), width), dtype=torch.long)  # (B, T)

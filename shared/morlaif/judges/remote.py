@@ -17,8 +17,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from feedback_worker.ratelimit import RateLimiter
 from morlaif.errors import MorlaifError
+from morlaif.judges.ratelimit import RateLimiter
 
 __all__ = [
     "JUDGE_PROMPT",

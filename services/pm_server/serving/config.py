@@ -10,7 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from pm_server.modeling import EMBEDDED_BASE, DType
+from pm_server.model.base import EMBEDDED_BASE, DType
 
 __all__ = ["ServerSettings", "SettingsError", "is_loopback"]
 

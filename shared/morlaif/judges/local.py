@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio
 import torch
 
-from feedback_worker.judges import JUDGE_PROMPT, Judgement, OrderResult, combine, p_first_from_logprobs
+from morlaif.judges.remote import JUDGE_PROMPT, Judgement, OrderResult, combine, p_first_from_logprobs
 from morlaif.models import SMOLLM2, smollm2_dir, smollm2_gguf
 
 __all__ = ["TransformersJudge", "SMOLLM2", "smollm2_gguf"]

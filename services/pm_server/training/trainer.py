@@ -5,8 +5,8 @@ package scores identically in training, in `morlaif pm eval` and behind the HTTP
 
 Usage::
 
-    from pm_server.pairs import read_pairs
-    from pm_server.training import TrainConfig, train_pm
+    from pm_server.training.pairs import read_pairs
+    from pm_server.training.trainer import TrainConfig, train_pm
     result = train_pm(read_pairs("../shared/data/factuality_truthfulqa.jsonl"), principle="factuality",
                       config=TrainConfig(), out_root=Path("var/adapters"), run_dir=Path("var/runs/factuality"))
 
@@ -48,11 +48,11 @@ from morlaif.principles import get_principle
 from morlaif.protocol import Calibration
 from morlaif.runs import StopRequest, defer_stop_signals, git_commit
 from morlaif.runs import progress as progress_bar
-from pm_server.engine import collate
-from pm_server.modeling import BaseModel, load_base, score_head
-from pm_server.package import PackageManifest, save_head_package, save_package
-from pm_server.pairs import Pair, split_by_prompt, summarize
-from pm_server.template import Encoded, InputTemplate, TemplateEncoder
+from pm_server.model.base import BaseModel, load_base, score_head
+from pm_server.model.package import PackageManifest, save_head_package, save_package
+from pm_server.model.template import Encoded, InputTemplate, TemplateEncoder
+from pm_server.serving.engine import collate
+from pm_server.training.pairs import Pair, split_by_prompt, summarize
 
 __all__ = [
     "TrainConfig",
@@ -611,7 +611,7 @@ def train_pm(
 
 def _save_full(model: torch.nn.Module, base: BaseModel, pkg_dir: Path, manifest: PackageManifest) -> Path:
     """A fully fine-tuned PM: a model folder (safetensors + tokenizer + principle.json), servable as a base."""
-    from pm_server.package import write_manifest
+    from pm_server.model.package import write_manifest
 
     pkg_dir.mkdir(parents=True)
     model.save_pretrained(pkg_dir, safe_serialization=True)  # type: ignore[operator]

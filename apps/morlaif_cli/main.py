@@ -87,10 +87,10 @@ def score(
         morlaif score pairs.jsonl scored.jsonl --scalarizer soft_max_min --weights '{"helpfulness": 1}'
         morlaif score dialogues.jsonl scored.jsonl --condition conditioned.jsonl   # then: morlaif sft conditioned.jsonl
     """
-    from morlaif.bulk import score_file
     from morlaif.client import MorlaifClient
     from morlaif.errors import ClientError
     from morlaif.jsonl import JsonlError
+    from morlaif_cli.bulk import score_file
 
     w = _json_option(weights, "--weights")
     p = _json_option(params, "--params")
@@ -126,7 +126,7 @@ def score(
         raise typer.Exit(1) from None
     typer.echo(f"scored {scored} records ({skipped} already in {output})", err=True)
     if rejected:
-        from morlaif.bulk import rejected_path
+        from morlaif_cli.bulk import rejected_path
 
         for r in rejected[:20]:
             typer.echo(f"error: {r.message}", err=True)
@@ -192,7 +192,7 @@ def up(
     from pydantic_settings import BaseSettings, SettingsConfigDict
 
     from morlaif.runs import STOP_SIGNALS, signal_exit_code
-    from morlaif.up import Service, Supervisor, install_stop_handlers, port_in_use, wait_ready
+    from morlaif_cli.up import Service, Supervisor, install_stop_handlers, port_in_use, wait_ready
 
     class Keys(BaseSettings):  # read as the server reads them: the environment first, then ./.env
         model_config = SettingsConfigDict(env_prefix="MORLAIF_", env_file=".env", extra="ignore")
@@ -202,7 +202,7 @@ def up(
     keys = Keys()
     api_key = keys.api_key
     keyed = bool(keys.api_key) and bool(keys.admin_key)
-    from pm_server.config import is_loopback
+    from pm_server.serving.config import is_loopback
 
     if not keyed and not is_loopback(host):
         typer.echo(
@@ -216,7 +216,7 @@ def up(
         raise typer.Exit(2)
     if scalarizer_file is None and (adapter_root / "weights.json").is_file():
         scalarizer_file = adapter_root / "weights.json"
-    me = [sys.executable, "-m", "morlaif.cli"]
+    me = [sys.executable, "-m", "morlaif"]
     serve_argv = [
         *me,
         "serve",

@@ -46,13 +46,8 @@ from morlaif.protocol import (
     replace_invalid_text,
 )
 from morlaif.scalarize import scalarize
-from pm_server.batcher import Batcher
-from pm_server.config import ServerSettings
-from pm_server.engine import BASE_ADAPTER, Row, ScoringEngine
-from pm_server.errors import InvalidRequest, ModelFailure, NotFound, TooLarge, Unavailable, VersionConflict
-from pm_server.metrics import Metrics
-from pm_server.modeling import BaseModel, load_base, resolve_base_id
-from pm_server.package import (
+from pm_server.model.base import BaseModel, load_base, resolve_base_id
+from pm_server.model.package import (
     MANIFEST,
     PackageError,
     PackageManifest,
@@ -60,9 +55,14 @@ from pm_server.package import (
     find_packages,
     resolve_package_dir,
 )
-from pm_server.registry import Entry, Registry
-from pm_server.rules import DEFAULT_RULES, LengthRule, RegexRule, load_rules
-from pm_server.template import Encoded, InputTemplate, TemplateEncoder
+from pm_server.model.template import Encoded, InputTemplate, TemplateEncoder
+from pm_server.serving.batcher import Batcher
+from pm_server.serving.config import ServerSettings
+from pm_server.serving.engine import BASE_ADAPTER, Row, ScoringEngine
+from pm_server.serving.errors import InvalidRequest, ModelFailure, NotFound, TooLarge, Unavailable, VersionConflict
+from pm_server.serving.metrics import Metrics
+from pm_server.serving.registry import Entry, Registry
+from pm_server.serving.rules import DEFAULT_RULES, LengthRule, RegexRule, load_rules
 
 __all__ = ["REWARD_MODEL", "ScoringService"]
 

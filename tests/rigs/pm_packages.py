@@ -23,10 +23,10 @@ from transformers import (
 
 from morlaif.principles import get_principle
 from morlaif.protocol import Calibration
-from pm_server.modeling import BaseModel, resolve_base_id
-from pm_server.package import PackageManifest, save_package
-from pm_server.pairs import Pair
-from pm_server.template import InputTemplate
+from pm_server.model.base import BaseModel, resolve_base_id
+from pm_server.model.package import PackageManifest, save_package
+from pm_server.model.template import InputTemplate
+from pm_server.training.pairs import Pair
 
 __all__ = ["make_tiny_base", "make_random_package", "make_head_package", "politeness_pairs"]
 
@@ -112,7 +112,7 @@ def make_random_package(
         template=template or base.default_template,
         calibration=calibration or Calibration(),
         metrics={},
-        provenance={"source": "pm_server.testing.make_random_package", "seed": seed},
+        provenance={"source": "rigs.pm_packages.make_random_package", "seed": seed},
     )
     return save_package(peft_model, "default", root / principle / version, manifest)
 
@@ -130,8 +130,8 @@ def make_head_package(
 ) -> Path:
     """A head-only package (kind `head`): a random score head for the frozen base (`hidden` inputs, default
     the base's)."""
-    from pm_server.modeling import score_head
-    from pm_server.package import save_head_package
+    from pm_server.model.base import score_head
+    from pm_server.model.package import save_head_package
 
     torch.manual_seed(seed)
     own = score_head(base.model)
@@ -142,7 +142,7 @@ def make_head_package(
         base_model=base.model_id,
         base_config_hash=base.config_hash,
         template=base.default_template,
-        provenance={"source": "pm_server.testing.make_head_package", "seed": seed},
+        provenance={"source": "rigs.pm_packages.make_head_package", "seed": seed},
     )
     return save_head_package(head, root / principle / version, manifest)
 

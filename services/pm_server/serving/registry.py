@@ -14,9 +14,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from morlaif.protocol import Calibration, PrincipleInfo
-from pm_server.errors import UnknownPrinciple
-from pm_server.rules import LengthRule, RegexRule
-from pm_server.template import InputTemplate
+from pm_server.model.template import InputTemplate
+from pm_server.serving.errors import UnknownPrinciple
+from pm_server.serving.rules import LengthRule, RegexRule
 
 __all__ = ["Entry", "Registry"]
 

@@ -43,12 +43,12 @@ from morlaif.protocol import (
     first_error,
 )
 from morlaif.scalarize import SCALARIZERS
-from pm_server import console
-from pm_server.config import ServerSettings
-from pm_server.errors import Overloaded, ServiceError
-from pm_server.modeling import BaseModel
-from pm_server.package import PackageError
-from pm_server.service import ScoringService
+from pm_server.model.base import BaseModel
+from pm_server.model.package import PackageError
+from pm_server.serving import console
+from pm_server.serving.config import ServerSettings
+from pm_server.serving.errors import Overloaded, ServiceError
+from pm_server.serving.service import ScoringService
 
 __all__ = ["create_app"]
 
