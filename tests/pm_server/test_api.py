@@ -509,7 +509,7 @@ def test_default_dtype_serves_bfloat16_where_the_cpu_computes_it(
 ):
     """MORLAIF_DTYPE unset: `auto`, which serves in bfloat16 on a CPU with bfloat16 instructions, says so in
     /v1/principles, and scores within bfloat16's rounding of a float32 server's."""
-    from pm_server import modeling
+    from pm_server.model import base as modeling
 
     monkeypatch.delenv("MORLAIF_DTYPE")
     assert ServerSettings(insecure_dev=True).dtype == "auto"

@@ -543,7 +543,7 @@ def test_bfloat16_engine_keeps_every_saving_and_stays_near_float32(upper_third, 
 
 
 def test_dtype_auto_takes_bfloat16_only_where_the_hardware_computes_it(monkeypatch):
-    from pm_server import modeling
+    from pm_server.model import base as modeling
 
     cpu = torch.device("cpu")
     assert modeling.resolve_dtype("float32", cpu) == torch.float32

@@ -217,7 +217,7 @@ class TcpRelay:
 
 def wait_http_ok(url: str, proc: subprocess.Popen[Any], timeout_s: float = 120) -> str | None:
     """Poll url until it answers 200; None then, else why not (the process exited, or the time ran out)."""
-    from morlaif import up
+    from morlaif_cli import up
 
     def why_not() -> str | None:
         return f"the process exited with {proc.returncode}" if proc.poll() is not None else None
