@@ -28,15 +28,12 @@ DEFAULT_STORE = "sqlite:///var/labels.db"
 
 
 def _open(url: str, **kw: int):  # -> Store
-    from morlaif.store import open_store
+    from morlaif.store import StoreUnavailable, open_store
 
     try:
         return open_store(url, **kw)
-    except Exception as e:  # a bad URL or an unreachable server: say which, without the password
-        from morlaif.store.db import display_url
-
-        shown = display_url(url)
-        typer.echo(f"error: cannot open the label store {shown}: {type(e).__name__}: {e}".replace(url, shown), err=True)
+    except StoreUnavailable as e:  # a bad URL or an unreachable server: its message hides the password
+        typer.echo(f"error: {e}", err=True)
         raise typer.Exit(2) from None
 
 

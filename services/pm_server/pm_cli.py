@@ -70,7 +70,7 @@ def _load_pairs(data: list[str] | None, store: str | None, judge: str | None, pr
             {"file": str(spec.path), "principle": spec.principle, "sha256": file_sha256(spec.path), "pairs": len(got)}
         )
     if store is not None:
-        from morlaif.store import open_store
+        from morlaif.store import StoreUnavailable, open_store
         from morlaif.store.db import display_url
 
         shown = display_url(store)
@@ -82,7 +82,9 @@ def _load_pairs(data: list[str] | None, store: str | None, judge: str | None, pr
                 got = store_pairs(store, name, judge=judge)
                 pairs += got
                 sources.append({"store": shown, "principle": name, "judge": judge, "pairs": len(got)})
-        except Exception as e:  # a bad URL or an unreachable server: say which, without the password
+        except StoreUnavailable as e:  # a bad URL or an unreachable server: its message hides the password
+            raise PairDataError(str(e)) from e
+        except Exception as e:  # a failed query: say which store, without the password
             raise PairDataError(
                 f"cannot read the label store {shown}: {type(e).__name__}: {e}".replace(store, shown)
             ) from e

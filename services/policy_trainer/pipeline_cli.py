@@ -143,9 +143,12 @@ def sample(
         name = model
     source = source or f"sample:{name}"
 
-    from feedback_worker.cli import _open
+    from morlaif.store import StoreUnavailable, open_store
 
-    s = _open(store)
+    try:
+        s = open_store(store)
+    except StoreUnavailable as e:
+        raise _fail(str(e)) from None
     bar = progress(0, 0, "sampling", not quiet, unit="prompt")
 
     def start(n: int) -> None:

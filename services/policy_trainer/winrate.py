@@ -9,7 +9,6 @@ interval, and the mean p is reported beside it. Judge failures are counted and l
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 
 from morlaif.errors import MorlaifError
 from morlaif.principles import DEFAULT_CONSTITUTION, get_principle
+from morlaif.stats import wilson_interval
 
 __all__ = [
     "OVERALL",
@@ -25,7 +25,6 @@ __all__ = [
     "judge_phrases",
     "judge_pairs",
     "summarize",
-    "wilson_interval",
 ]
 
 OVERALL = "overall"
@@ -54,17 +53,6 @@ class WinRate:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def wilson_interval(successes: float, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval of a proportion (successes may be fractional: ties count half)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def summarize(principle: str, ps: Sequence[float | None]) -> WinRate:

@@ -1,5 +1,11 @@
-"""`python -m morlaif`: the `morlaif` command, for launchers that take a module (`accelerate launch -m morlaif ...`)."""
+"""`python -m morlaif`: the installed `morlaif` command, for launchers that take a module
+(`accelerate launch -m morlaif ...`, `torchrun -m morlaif ...`).
 
-from morlaif_cli.main import main
+The command line lives above the library (`apps/morlaif_cli`); this shim finds it through the package's
+`morlaif` console-script entry point rather than importing it, so the library imports nothing above it.
+"""
 
-main()
+from importlib.metadata import entry_points
+
+(command,) = entry_points(group="console_scripts", name="morlaif")
+command.load()()

@@ -313,5 +313,5 @@ def test_eval_errors_are_clear(tmp_path, tiny_encoder_dir):
 def test_an_unreachable_store_is_a_clear_error_without_the_password(tmp_path):
     url = "postgresql+psycopg://u:hunter2secret@127.0.0.1:1/nodb"
     res = morlaif("pm", "train", "--principle", "politeness", "--store", url, check=False)
-    assert res.returncode == 2 and "cannot read the label store" in res.stderr
+    assert res.returncode == 2 and "cannot open the label store" in res.stderr
     assert "hunter2secret" not in res.stderr and "Traceback" not in res.stderr

@@ -8,8 +8,9 @@ import math
 import pytest
 from typer.testing import CliRunner
 
+from morlaif.stats import wilson_interval
 from morlaif_cli.main import app
-from policy_trainer.winrate import OVERALL, WinRateError, baseline_of, prompt_source, summarize, wilson_interval
+from policy_trainer.winrate import OVERALL, WinRateError, baseline_of, prompt_source, summarize
 from rigs.fake_openai import FIRST_BIAS, PREFERENCE_LOGIT, make_app
 from rigs.tiny_lm import save_one_word_lm, word_prompts
 

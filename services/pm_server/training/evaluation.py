@@ -25,12 +25,12 @@ import torch
 from morlaif.errors import ScalarizeError
 from morlaif.protocol import ScalarizerSpec
 from morlaif.scalarize import SCALARIZERS, scalarize
+from morlaif.stats import wilson_interval
 from pm_server.model.base import BaseModel
 from pm_server.model.package import CheckedPackage, check_package, resolve_package_dir
 from pm_server.model.template import InputTemplate, TemplateEncoder
 from pm_server.serving.engine import BASE_ADAPTER, Row, ScoringEngine
 from pm_server.training.pairs import Pair, split_by_prompt
-from pm_server.training.trainer import wilson_interval
 
 __all__ = [
     "Accuracy",
@@ -58,7 +58,7 @@ class Accuracy:
         """From score margins (labelled side minus other side): > 0 right, 0 half, < 0 wrong."""
         n = int(margins.numel())
         acc = float(((margins > 0).float() + 0.5 * (margins == 0).float()).mean()) if n else float("nan")
-        lo, hi = wilson_interval(acc, n) if n else (float("nan"), float("nan"))
+        lo, hi = wilson_interval(acc * n, n) if n else (float("nan"), float("nan"))
         return cls(value=acc, low=lo, high=hi, n=n)
 
     def to_dict(self) -> dict[str, Any]:

@@ -48,6 +48,7 @@ from morlaif.principles import get_principle
 from morlaif.protocol import Calibration
 from morlaif.runs import StopRequest, defer_stop_signals, git_commit
 from morlaif.runs import progress as progress_bar
+from morlaif.stats import wilson_interval
 from pm_server.model.base import BaseModel, load_base, score_head
 from pm_server.model.package import PackageManifest, save_head_package, save_package
 from pm_server.model.template import Encoded, InputTemplate, TemplateEncoder
@@ -548,7 +549,7 @@ def train_pm(
     n_val = len(enc_val)
     metrics: dict[str, Any] = {
         "val_accuracy": round(val_acc, 4),
-        "val_accuracy_ci95": [round(x, 4) for x in wilson_interval(val_acc, n_val)],
+        "val_accuracy_ci95": [round(x, 4) for x in wilson_interval(val_acc * n_val, n_val)],
         "val_loss": round(val_loss, 4),
         "val_pairs": n_val,
         "train_pairs": len(enc_train),
@@ -618,13 +619,3 @@ def _save_full(model: torch.nn.Module, base: BaseModel, pkg_dir: Path, manifest:
     base.tokenizer.save_pretrained(pkg_dir)
     write_manifest(pkg_dir, manifest)
     return pkg_dir
-
-
-def wilson_interval(acc: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval of a proportion `acc` over `n` trials."""
-    if n <= 0:
-        return (0.0, 1.0)
-    denom = 1 + z * z / n
-    centre = (acc + z * z / (2 * n)) / denom
-    half = z * math.sqrt(acc * (1 - acc) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))

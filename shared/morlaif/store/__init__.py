@@ -9,7 +9,16 @@ Usage::
     jobs = store.claim("worker-1", limit=8, lease_s=120)  # leases: a dead worker's jobs come back
 """
 
-from morlaif.store.db import open_store
+from morlaif.store.db import StoreUnavailable, open_store
 from morlaif.store.store import ClaimedJob, LabelIn, LeaseLost, PairRecord, SampledPrompt, Store
 
-__all__ = ["open_store", "Store", "PairRecord", "LabelIn", "ClaimedJob", "LeaseLost", "SampledPrompt"]
+__all__ = [
+    "open_store",
+    "StoreUnavailable",
+    "Store",
+    "PairRecord",
+    "LabelIn",
+    "ClaimedJob",
+    "LeaseLost",
+    "SampledPrompt",
+]

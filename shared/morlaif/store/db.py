@@ -11,7 +11,9 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 
-__all__ = ["open_store", "make_engine", "migrate", "display_url", "MIGRATIONS"]
+from morlaif.errors import MorlaifError
+
+__all__ = ["open_store", "StoreUnavailable", "make_engine", "migrate", "display_url", "MIGRATIONS"]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
 _MIGRATE_LOCK = threading.Lock()  # Alembic keeps its context in module globals
@@ -64,10 +66,26 @@ def display_url(url: str) -> str:
         return "(unparsable URL)"
 
 
+class StoreUnavailable(MorlaifError):
+    """The label store cannot be opened: a bad URL, an unreachable server, a failed migration. The message
+    names the store with its password hidden; the cause is chained."""
+
+
 def open_store(url: str, *, max_attempts: int = 5):  # -> Store (import cycle kept out of the signature)
-    """Open (and migrate) the store at `url`: a SQLAlchemy URL, e.g. sqlite:///var/labels.db."""
+    """Open (and migrate) the store at `url`: a SQLAlchemy URL, e.g. sqlite:///var/labels.db.
+
+    Every service and command opens the store through this one function.
+
+    Raises:
+        StoreUnavailable: the URL does not parse, the database cannot be reached or migrated.
+    """
     from morlaif.store.store import Store
 
-    engine = make_engine(url)
-    migrate(engine)
+    try:
+        engine = make_engine(url)
+        migrate(engine)
+    except Exception as e:  # say which store, without the password
+        shown = display_url(url)
+        message = f"cannot open the label store {shown}: {type(e).__name__}: {e}"
+        raise StoreUnavailable(message.replace(url, shown)) from e
     return Store(engine, max_attempts=max_attempts)
