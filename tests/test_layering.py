@@ -103,7 +103,10 @@ def test_no_service_imports_the_command_line_or_another_services_private_names()
 
 def test_the_ppo_trainer_reaches_the_pm_server_only_over_http():
     wrong = [
-        f"{i.where}: {i.module}" for p in modules("policy_trainer") for i in imports_of(p) if _top(i.module) == "pm_server"
+        f"{i.where}: {i.module}"
+        for path in modules("policy_trainer")
+        for i in imports_of(path)
+        if _top(i.module) == "pm_server"
     ]
     assert wrong == []
 
