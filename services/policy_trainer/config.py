@@ -1,4 +1,10 @@
-"""The `morlaif ppo train` run configuration: nested dataclasses, one docstring per field, loaded from YAML.
+"""The `morlaif ppo train` run configuration, whole: nested dataclasses, one docstring per field, loaded from YAML.
+
+`TrainConfig` has one section per concern: `ModelConfig` (the policy), `DataConfig` (prompts), `PPOConfig`
+(the algorithm's settings, read by `policy_trainer.ppo.PPOTrainer`), `GenerationConfig` (rollout sampling,
+read by `policy_trainer.rollout`), `RewardConfig` (the PM server and scalarizer) and `RunConfig` (length,
+seed, output folder). Each section is a plain dataclass declared strict for pydantic here (`_STRICT`: unknown
+keys refused); this module imports neither torch nor the trainer, so reading a config is cheap.
 
 Validation is pydantic's (types, unknown keys, the dataclasses' own checks); an error names the file, the
 line and the dotted key. `morlaif ppo config` prints the defaults as YAML with every docstring as a comment.
@@ -19,15 +25,18 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import ConfigDict, TypeAdapter, ValidationError
+from pydantic import ConfigDict, TypeAdapter, ValidationError, with_config
 
 from morlaif.errors import MorlaifError
-from policy_trainer.ppo import GenerationConfig, PPOConfig, RewardConfig
+from morlaif.protocol import ScalarizerSpec
 
 __all__ = [
     "ConfigError",
     "DataConfig",
+    "GenerationConfig",
     "ModelConfig",
+    "PPOConfig",
+    "RewardConfig",
     "RunConfig",
     "TrainConfig",
     "load_config",
@@ -40,6 +49,11 @@ class ConfigError(MorlaifError):
     """A configuration file or override that cannot be used; the message names the file, line and key."""
 
 
+#: every section refuses unknown keys; values are converted as YAML gives them (``"8"`` for an int is fine)
+_STRICT = ConfigDict(extra="forbid", strict=False)
+
+
+@with_config(_STRICT)
 @dataclass(kw_only=True)
 class ModelConfig:
     """The policy."""
@@ -61,6 +75,7 @@ class ModelConfig:
     """auto (cuda when available), cpu, cuda or cuda:N."""
 
 
+@with_config(_STRICT)
 @dataclass(kw_only=True)
 class DataConfig:
     """Where prompts come from."""
@@ -79,6 +94,119 @@ class DataConfig:
             raise ValueError("eval_fraction must be in [0, 1)")
 
 
+@with_config(_STRICT)
+@dataclass(kw_only=True)
+class PPOConfig:
+    """PPO settings; the defaults are MORLAIF's starting point."""
+
+    batch_size: int = 16
+    """Prompts (and responses) per PPO step."""
+    mini_batch_size: int = 8
+    """Responses per gradient step; must divide batch_size."""
+    ppo_epochs: int = 4
+    """Passes over each batch."""
+    learning_rate: float = 1.41e-5
+    """AdamW learning rate of the policy and value head."""
+    gamma: float = 1.0
+    """Discount over response tokens."""
+    lam: float = 0.95
+    """GAE lambda."""
+    clip_range: float = 0.2
+    """Policy ratio clip."""
+    clip_range_value: float = 0.2
+    """Value clip around the rollout's values."""
+    vf_coef: float = 0.1
+    """Weight of the value loss."""
+    init_kl_coef: float = 0.05
+    """Initial beta of the per-token KL penalty."""
+    adaptive_kl: bool = True
+    """Adapt beta towards kl_target (Ziegler et al.); else beta stays init_kl_coef."""
+    kl_target: float = 6.0
+    """Target sequence KL (nats) of the adaptive controller."""
+    kl_horizon: int = 10000
+    """Horizon of the adaptive controller, in responses."""
+    normalize_rewards: bool = True
+    """Standardise scores by running moments before the KL penalty."""
+    reward_clip: float = 10.0
+    """Clip the (normalised) score to [-reward_clip, reward_clip]."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping."""
+    lr_schedule: Literal["constant", "linear"] = "constant"
+    """Learning rate over the run: constant, or linear decay to 0 at total_steps."""
+    total_steps: int = 0
+    """Steps of the linear schedule (set from run.steps by `morlaif ppo train`)."""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.mini_batch_size < 1 or self.batch_size % self.mini_batch_size:
+            raise ValueError(f"mini_batch_size {self.mini_batch_size} must divide batch_size {self.batch_size}")
+        if self.lr_schedule == "linear" and self.total_steps < 1:
+            raise ValueError("the linear schedule needs total_steps")
+
+
+@with_config(_STRICT)
+@dataclass(kw_only=True)
+class GenerationConfig:
+    """Sampling of rollouts."""
+
+    max_new_tokens: int = 32
+    """Most tokens per response."""
+    max_prompt_tokens: int = 256
+    """Longer prompts lose their beginning."""
+    temperature: float = 1.0
+    """Sampling temperature (1: the policy's own distribution, which PPO's ratios assume)."""
+    top_k: int = 0
+    """0: off."""
+    top_p: float = 1.0
+    """1: off."""
+    backend: Literal["transformers", "vllm"] = "transformers"
+    """Who samples the rollouts: transformers' generate() on the policy, or a colocated vLLM engine given the
+    policy's weights after every update (a CUDA GPU and `pip install -e '.[gpu]'`)."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """vllm only: the share of the GPU's memory the engine may take (the rest is the trainer's)."""
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (PPO's ratios assume the policy's own sampling)")
+        if not 0.0 < self.vllm_gpu_memory_utilization < 1.0:
+            raise ValueError("vllm_gpu_memory_utilization must be in (0, 1)")
+
+
+@with_config(_STRICT)
+@dataclass(kw_only=True)
+class RewardConfig:
+    """Where rewards come from: a PM server, the principles it scores and how they are scalarized."""
+
+    url: str = "http://127.0.0.1:8000"
+    """PM server URL."""
+    api_key_env: str = "MORLAIF_API_KEY"
+    """Environment variable holding the bearer key (a key never goes in a config file or a log)."""
+    principles: list[str] | None = None
+    """Principles to score (default: the weights' keys, else all the server has)."""
+    scalarizer: str = "linear"
+    """Scalarizer name (see morlaif.scalarize)."""
+    weights: dict[str, float] | None = None
+    """Weight per principle."""
+    params: dict[str, Any] = field(default_factory=dict)
+    """Scalarizer parameters."""
+    weights_file: str | None = None
+    """Scalarizer, weights and params from a JSON file (the weights.json of `morlaif pm eval`); replaces the
+    three keys above."""
+    timeout: float = 120.0
+    """Seconds per scoring request."""
+    max_retries: int = 6
+    """Retries (with backoff) on transport errors, 429 and 503; then the run saves a checkpoint and stops."""
+
+    def resolved(self) -> RewardConfig:
+        """This config with weights_file read into scalarizer, weights and params."""
+        if self.weights_file is None:
+            return self
+        spec = ScalarizerSpec.from_file(self.weights_file)
+        return dataclasses.replace(
+            self, scalarizer=spec.name, weights=spec.weights, params=dict(spec.params), weights_file=None
+        )
+
+
+@with_config(_STRICT)
 @dataclass(kw_only=True)
 class RunConfig:
     """The run: length, seed, where it writes."""
@@ -99,6 +227,7 @@ class RunConfig:
             raise ValueError("steps and save_every must be at least 1")
 
 
+@with_config(_STRICT)
 @dataclass(kw_only=True)
 class TrainConfig:
     """Everything `morlaif ppo train` needs; MORLAIF's settings are the defaults."""
@@ -111,9 +240,6 @@ class TrainConfig:
     run: RunConfig = field(default_factory=RunConfig)
 
 
-_STRICT = ConfigDict(extra="forbid", strict=False)
-for _cls in (ModelConfig, DataConfig, RunConfig, TrainConfig, PPOConfig, GenerationConfig, RewardConfig):
-    _cls.__pydantic_config__ = _STRICT  # type: ignore[attr-defined]
 _ADAPTER = TypeAdapter(TrainConfig)
 
 

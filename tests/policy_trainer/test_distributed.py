@@ -185,7 +185,7 @@ def test_the_ready_launch_configurations_are_what_accelerate_launch_reads(name):
     from accelerate.commands.launch import _validate_launch_command, launch_command_parser
     from launching import ROOT
 
-    from policy_trainer.ppo import PPOConfig
+    from policy_trainer.config import PPOConfig
     from rigs.cli_args import check_cli_args
 
     path = ROOT / "configs" / "accelerate" / f"{name}.yaml"

@@ -7,7 +7,8 @@ import statistics
 import torch
 
 from morlaif.client import MorlaifClient
-from policy_trainer.ppo import GenerationConfig, PPOConfig, PPOTrainer, RewardConfig
+from policy_trainer.config import GenerationConfig, PPOConfig, RewardConfig
+from policy_trainer.ppo import PPOTrainer
 from rigs.tiny_lm import WORDS, tiny_lm
 
 

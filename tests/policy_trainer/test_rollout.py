@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from policy_trainer.ppo import GenerationConfig
+from policy_trainer.config import GenerationConfig
 from policy_trainer.rollout import GumbelSampler, VLLMRollouts, check_backend, generate_hf, row_seed
 from rigs.tiny_lm import tiny_lm
 
