@@ -20,9 +20,6 @@ class Metrics:
             ["endpoint"],
             registry=r,
         )
-        self.requests = Counter(
-            "morlaif_requests_total", "Requests by endpoint and status.", ["endpoint", "status"], registry=r
-        )
         self.failures = Counter(
             "morlaif_failures_total", "Failed requests by reason (error code).", ["reason"], registry=r
         )
