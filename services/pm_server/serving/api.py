@@ -343,12 +343,12 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
     @app.post("/v1/adapters", dependencies=admin, tags=["admin"])
     async def load_adapter(req: LoadAdapterRequest, svc: Service) -> AdapterAction:
         """Load, or replace, a principle from a package inside the adapter root."""
-        return await svc.load_adapter(req)
+        return await svc.adapters.load(req)
 
     @app.delete("/v1/adapters/{name}", dependencies=admin, tags=["admin"])
     async def unload_adapter(name: str, svc: Service) -> AdapterAction:
         """Stop serving a principle; requests already admitted still finish with it."""
-        return await svc.unload(name)
+        return await svc.adapters.unload(name)
 
     @app.post("/v1/scalarize", dependencies=scoring, tags=["scoring"])
     async def scalarize_scores(req: ScalarizeRequest, svc: Service) -> ScalarizeResponse:

@@ -1,7 +1,9 @@
 """The scoring service: validates requests, snapshots principles, encodes, batches, scalarizes, answers.
 
-No FastAPI here: `api` is a thin face over `ScoringService`, and tests can drive the service directly.
-Blocking work (tokenizing, reading packages, the model) never runs on the event loop.
+No FastAPI here: `routes` is a thin face over `ScoringService`, and tests can drive the service directly. Which
+principles are served (rules, packages, loading and unloading them) is `adapters.AdapterManager`'s business; the
+service reads them from the shared `Registry`. Blocking work (tokenizing, reading packages, the model) never runs
+on the event loop.
 """
 
 from __future__ import annotations
@@ -10,16 +12,13 @@ import asyncio
 import logging
 import math
 from collections.abc import Sequence
-from pathlib import Path
 
 import anyio
 import torch
-from pydantic import ValidationError
 
 from morlaif.chat_templates import QueryParser
 from morlaif.conversation import Conversation, from_messages
 from morlaif.protocol import (
-    AdapterAction,
     ClassifyData,
     ClassifyRequest,
     ClassifyResponse,
@@ -27,13 +26,11 @@ from morlaif.protocol import (
     CompareResponse,
     ItemScores,
     Limits,
-    LoadAdapterRequest,
     ModelCard,
     ModelList,
     OpenRLHFRewardRequest,
     OpenRLHFRewardResponse,
     Pairwise,
-    PrincipleInfo,
     PrinciplesResponse,
     QueryInfo,
     ScalarizeRequest,
@@ -46,23 +43,15 @@ from morlaif.protocol import (
     replace_invalid_text,
 )
 from morlaif.scalarize import scalarize
-from pm_server.model.base import BaseModel, load_base, resolve_base_id
-from pm_server.model.package import (
-    MANIFEST,
-    PackageError,
-    PackageManifest,
-    check_package,
-    find_packages,
-    resolve_package_dir,
-)
+from pm_server.model.base import BaseModel, load_base
 from pm_server.model.template import Encoded, InputTemplate, TemplateEncoder
+from pm_server.serving.adapters import AdapterManager
 from pm_server.serving.batcher import Batcher
 from pm_server.serving.config import ServerSettings
-from pm_server.serving.engine import BASE_ADAPTER, Row, ScoringEngine
+from pm_server.serving.engine import Row, ScoringEngine
 from pm_server.serving.errors import InvalidRequest, ModelFailure, NotFound, TooLarge, Unavailable, VersionConflict
 from pm_server.serving.metrics import Metrics
-from pm_server.serving.registry import Entry, Registry
-from pm_server.serving.rules import DEFAULT_RULES, LengthRule, RegexRule, load_rules
+from pm_server.serving.registry import Entry
 
 __all__ = ["REWARD_MODEL", "ScoringService"]
 
@@ -109,6 +98,13 @@ def _sigmoid(x: float) -> float:
 
 
 class ScoringService:
+    """Answers the scoring routes: /v1/score, /v1/compare, /get_reward, /classify, /v1/scalarize and the listings.
+
+    It owns the base model, the model thread (`engine`, `batcher`), the encoders and the policy query parser, and
+    holds the `AdapterManager` (`adapters`) whose `registry` it scores from. Errors are `ServiceError`s (and the
+    shared library's `ScalarizeError`); `errors` says how each is answered over HTTP.
+    """
+
     def __init__(
         self, settings: ServerSettings, *, base: BaseModel | None = None, metrics: Metrics | None = None
     ) -> None:
@@ -116,18 +112,19 @@ class ScoringService:
         self.metrics = metrics or Metrics()
         self._base = base
         self.ready = False
-        self._admin_locks: dict[str, asyncio.Lock] = {}
         self._encoders: dict[InputTemplate, TemplateEncoder] = {}
         self.engine: ScoringEngine | None = None
         self.batcher: Batcher | None = None
-        self.registry = Registry(on_retired=self._delete_retired)
+        self.adapters = AdapterManager(settings, self.metrics, check_template=self._encoder)
+        #: the served principles: `adapters` writes them, scoring reads them
+        self.registry = self.adapters.registry
         self.query_parser = QueryParser(settings.policy_template)
         if settings.policy_tokenizer is not None:
             self.query_parser = policy_query_parser(settings.policy_tokenizer, settings.policy_template)
 
     # ----------------------------------------------------------------------------------- lifecycle
     def start(self) -> None:
-        """Load the base, the rules and (optionally) every package in the adapter root. Blocking."""
+        """Load the base, start the model thread, then serve the principles (`AdapterManager.start`). Blocking."""
         s = self.settings
         if self._base is None:
             self._base = load_base(s.base_model, max_length=s.max_length, device=s.device, dtype=s.dtype)
@@ -141,17 +138,7 @@ class ScoringService:
             metrics=self.metrics,
         )
         self.batcher.start()
-        rules = load_rules(s.rules_file) if s.rules_file is not None else DEFAULT_RULES
-        for rule in rules:
-            self._add_rule(rule)
-        self._add_full_finetuned()
-        if s.load_on_start:
-            for name, version in find_packages(s.adapter_root):
-                try:
-                    self._load_package_blocking(LoadAdapterRequest(name=name, version=version))
-                except Exception as e:  # one bad package must not keep the others from serving
-                    logger.error("not serving %s/%s: %s", name, version, e)
-        self.metrics.loaded.set(len(self.registry.names()))
+        self.adapters.start(self._base, self.engine, self.batcher)
         self.ready = True
         logger.info("serving principles: %s", ", ".join(self.registry.names()) or "none")
 
@@ -166,56 +153,11 @@ class ScoringService:
             raise Unavailable("the base model is still loading")
         return self._base
 
-    def _add_rule(self, rule: LengthRule | RegexRule) -> None:
-        info = PrincipleInfo(
-            name=rule.name,
-            kind="rule",
-            version=rule.version,
-            description=rule.description,
-            calibration=rule.calibration,
-            metrics={},
-            provenance={"rule": rule.model_dump()},
-        )
-        self.registry.put(Entry(info=info, rule=rule))
-
-    def _add_full_finetuned(self) -> None:
-        """A base folder written by `morlaif pm train --full` is itself a PM: serve its head as that principle."""
-        manifest_file = Path(resolve_base_id(self.base.model_id)) / MANIFEST
-        if not manifest_file.is_file():
-            return
-        try:
-            m = PackageManifest.model_validate_json(manifest_file.read_bytes())
-        except ValidationError as e:
-            logger.error("not serving the base's own head: %s is invalid: %s", manifest_file, e.errors()[0]["msg"])
-            return
-        if m.base_config_hash != self.base.config_hash:
-            logger.error("not serving %s: %s does not match the base it sits in", m.name, manifest_file)
-            return
-        self._encoder(m.template)
-        info = PrincipleInfo(
-            name=m.name,
-            kind="full",
-            version=str(m.provenance.get("version", "full")),
-            judge_phrase=m.judge_phrase,
-            description=m.description,
-            calibration=m.calibration,
-            metrics=m.metrics,
-            provenance=m.provenance,
-        )
-        self.registry.put(Entry(info=info, adapter_id=BASE_ADAPTER, template=m.template))
-
     def _encoder(self, template: InputTemplate) -> TemplateEncoder:
         enc = self._encoders.get(template)
         if enc is None:
             enc = self._encoders[template] = TemplateEncoder(self.base.tokenizer, template)
         return enc
-
-    def _delete_retired(self, entry: Entry) -> None:
-        if entry.adapter_id is not None and self.batcher is not None:
-            adapter_id = entry.adapter_id
-            assert self.engine is not None
-            engine = self.engine
-            self.batcher.call(lambda: engine.delete_adapter(adapter_id))
 
     # --------------------------------------------------------------------------------------- score
     def _check_items(self, items: Sequence[ScoreItem], field: str = "items") -> list[Conversation]:
@@ -559,68 +501,3 @@ class ScoringService:
             ),
             principles=[e.info for e in self.registry.entries()],
         )
-
-    def _admin_lock(self, name: str) -> asyncio.Lock:
-        lock = self._admin_locks.get(name)
-        if lock is None:
-            lock = self._admin_locks[name] = asyncio.Lock()
-        return lock
-
-    def _load_package_blocking(self, req: LoadAdapterRequest) -> AdapterAction:
-        """Check a package, load it on the model thread, then swap it in. Blocking; not on the event loop."""
-        assert self.batcher is not None and self.engine is not None
-        root = Path(self.settings.adapter_root)
-        pkg_dir = resolve_package_dir(root, req.name, version=req.version, path=req.path)
-        pkg = check_package(root, pkg_dir, expect_name=req.name, base_config_hash=self.base.config_hash)
-        self._encoder(pkg.manifest.template)  # a template the tokenizer cannot serve fails here, not later
-        adapter_id = self.registry.new_adapter_id()
-        engine = self.engine
-        try:
-            self.batcher.call(lambda: engine.load_adapter(pkg.path, adapter_id)).result()
-        except Exception as e:  # weights that parse but do not fit this model
-            raise PackageError(
-                f"{pkg.relative_path}: could not load the package on this base: {type(e).__name__}: {e}",
-                code="invalid_package",
-            ) from e
-        m = pkg.manifest
-        info = PrincipleInfo(
-            name=m.name,
-            kind="head" if m.kind == "head" else "adapter",
-            version=pkg.version,
-            judge_phrase=m.judge_phrase,
-            description=m.description,
-            calibration=m.calibration,
-            metrics=m.metrics,
-            provenance=m.provenance,
-            path=pkg.relative_path,
-        )
-        old = self.registry.put(Entry(info=info, adapter_id=adapter_id, template=m.template))
-        self.metrics.loaded.set(len(self.registry.names()))
-        logger.info(
-            "serving %s version %s%s",
-            m.name,
-            pkg.version,
-            f" (replacing {old.version})" if old is not None else "",
-        )
-        return AdapterAction(
-            action="replaced" if old is not None else "loaded",
-            principle=info,
-            previous_version=None if old is None else old.version,
-        )
-
-    async def load_adapter(self, req: LoadAdapterRequest) -> AdapterAction:
-        async with self._admin_lock(req.name):
-            return await anyio.to_thread.run_sync(self._load_package_blocking, req)
-
-    async def unload(self, name: str) -> AdapterAction:
-        async with self._admin_lock(name):
-            old = self.registry.remove(name)
-            if old is None:
-                raise NotFound(
-                    f"principle {name!r} is not loaded; loaded: {', '.join(self.registry.names())}",
-                    field="name",
-                    code="unknown_principle",
-                )
-            self.metrics.loaded.set(len(self.registry.names()))
-            logger.info("unloaded %s version %s", name, old.version)
-            return AdapterAction(action="unloaded", principle=old.info)
