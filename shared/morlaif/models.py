@@ -73,7 +73,7 @@ def smollm2_dir(cache_dir: Path | None = None) -> Path:
         m = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # the weights are plain float now; transformers still marks the model as GGUF-quantized
-    m.hf_quantizer = None
+    m.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(m.config, "quantization_config"):
         del m.config.quantization_config
     tmp = cached.with_name(f"{cached.name}.tmp-{os.getpid()}")

@@ -111,7 +111,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def _head_input_in_its_dtype(module: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-    return (args[0].to(module.weight.dtype), *args[1:])
+    weight: torch.Tensor = module.weight  # type: ignore[assignment]
+    return (args[0].to(weight.dtype), *args[1:])
 
 
 def score_head(model: torch.nn.Module) -> torch.nn.Module:

@@ -151,7 +151,7 @@ def newest_version(principle_dir: Path) -> str | None:
 
 def find_packages(root: Path) -> list[tuple[str, str]]:
     """(principle, newest version) for every principle directory under `root` that holds a package."""
-    found = []
+    found: list[tuple[str, str]] = []
     if not root.is_dir():
         return found
     for d in sorted(root.iterdir()):

@@ -99,14 +99,14 @@ def _mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(allowed, zero, neg)[:, None, None, :]
 
 
-def _attention(module: torch.nn.Module) -> Callable[..., tuple[torch.Tensor, Any]]:
+def _attention(module: Any) -> Callable[..., tuple[torch.Tensor, Any]]:
     impl = module.config._attn_implementation
     if impl == "eager" or impl is None:
         return sys.modules[type(module).__module__].eager_attention_forward  # type: ignore[no-any-return]
     return ALL_ATTENTION_FUNCTIONS[impl]  # type: ignore[no-any-return]
 
 
-def _bert(layer: torch.nn.Module, hidden: torch.Tensor, ro: Readout) -> torch.Tensor:
+def _bert(layer: Any, hidden: torch.Tensor, ro: Readout) -> torch.Tensor:
     assert ro.pos is not None and ro.allowed is not None
     n, t, _ = hidden.shape
     rows = torch.arange(n, device=hidden.device)
@@ -125,7 +125,7 @@ def _bert(layer: torch.nn.Module, hidden: torch.Tensor, ro: Readout) -> torch.Te
 
 
 def _llama(
-    layer: torch.nn.Module, hidden: torch.Tensor, ro: Readout, position_embeddings: Any, cache: Any
+    layer: Any, hidden: torch.Tensor, ro: Readout, position_embeddings: Any, cache: Any
 ) -> torch.Tensor:
     n, t, _ = hidden.shape
     rows = torch.arange(n, device=hidden.device)

@@ -64,7 +64,7 @@ def _config(url: str | None, weights_file: str | None) -> tuple[str, str | None,
 def prompt_messages(extra_info: Mapping[str, Any] | None) -> list[dict[str, Any]]:
     """The prompt of a veRL sample as chat messages, from ``extra_info["prompt"]`` (messages, an HH transcript
     or plain text). Raises `InvalidInputError` naming ``extra_info.prompt`` when there is none."""
-    prompt = (extra_info or {}).get("prompt")
+    prompt: Any = (extra_info or {}).get("prompt")
     if hasattr(prompt, "tolist"):  # a numpy array, as veRL's batches hold object columns
         prompt = prompt.tolist()
     if isinstance(prompt, str):
@@ -154,7 +154,7 @@ def _prompt_of(obj: Mapping[str, Any], where: str) -> list[dict[str, Any]]:
     from morlaif.store.importers import split_hh
 
     if isinstance(obj.get("messages"), list):
-        msgs = [dict(m) for m in obj["messages"]]
+        msgs: list[dict[str, Any]] | None = [dict(m) for m in obj["messages"]]
         if msgs and msgs[-1].get("role") == "assistant":
             msgs = msgs[:-1]  # a scored conversation: its prompt
         if not msgs:
@@ -188,7 +188,8 @@ def prepare_dataset(
 
     from morlaif.jsonl import iter_objects
 
-    rows, seen = [], set()
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
     for src in sources:
         path = Path(src)
         for n, obj in iter_objects(path):

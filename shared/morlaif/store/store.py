@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, and_, func, or_, select, update
+from sqlalchemy import Engine, and_, func, or_, select, true, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session, aliased
 
@@ -274,7 +274,7 @@ class Store:
                 select(Job)
                 .where(or_(Job.status == "pending", and_(Job.status == "running", Job.lease_expires_at < now)))
                 .where(Job.attempts < self.max_attempts)
-                .where(Job.judge == judge if judge is not None else True)
+                .where(Job.judge == judge if judge is not None else true())
                 .order_by(Job.id)
                 .limit(limit)
             )
