@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from morlaif.errors import MorlaifError
+from morlaif.run_folder import METRICS, RunFolder
 
 __all__ = ["PlotError", "read_metrics", "plot_run"]
 
@@ -18,20 +18,13 @@ def read_metrics(path: Path) -> list[dict[str, float]]:
     """The rows of a run's metrics.jsonl (a torn last line is skipped; any other bad line is an error)."""
     if not path.is_file():
         raise PlotError(f"{path}: no such metrics file (is this a `morlaif ppo train` run folder?)")
-    lines = path.read_text().splitlines()
-    rows = []
-    for n, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError as e:
-            if n == len(lines):
-                break  # the run was killed mid-write
-            raise PlotError(f"{path}:{n}: invalid JSON: {e.msg}") from None
-    if not rows:
+    log = RunFolder(path.parent, metrics=path).read_metrics()
+    for n, why in log.bad:
+        if n != log.total_lines:  # the last one: the run was killed mid-write
+            raise PlotError(f"{path}:{n}: {why}")
+    if not log.rows:
         raise PlotError(f"{path}: no steps logged yet")
-    return rows
+    return log.rows
 
 
 def _smooth(xs: list[float], k: int) -> list[float]:
@@ -52,7 +45,7 @@ def plot_run(run_dir: Path, out: Path | None = None, *, smooth: int = 5) -> Path
     import matplotlib.pyplot as plt
     from matplotlib.ticker import MaxNLocator
 
-    rows = read_metrics(run_dir / "metrics.jsonl")
+    rows = read_metrics(run_dir / METRICS)
     steps = [r["step"] for r in rows]
     principles = sorted({k for r in rows for k in r if k.startswith("score/")})
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 7), sharex=True)

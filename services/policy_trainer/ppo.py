@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import copy
 import logging
-import random
 import time
 from typing import Any
 
 import torch
 from torch import nn
 
+from morlaif.checkpoint import rng_state, set_rng_state  # re-exported: the RNG capture a checkpoint holds
 from morlaif.client import MorlaifClient
 from morlaif.distributed import Distributed
 from morlaif.errors import APIStatusError, ClientError
@@ -430,18 +430,3 @@ class PPOTrainer:
         self.reward_moments.load_state_dict(state["reward_moments"])
         self.pinned_versions = state["pinned_versions"]
         self.steps_done = int(state["steps_done"])
-
-
-def rng_state() -> dict[str, Any]:
-    """The RNG states a step consumes (sampling, minibatch order, dropout)."""
-    out: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])

@@ -1,6 +1,7 @@
 """A PPO run: load the policy, stream prompts, step the trainer, log, checkpoint, resume.
 
-A run folder (``run.out_dir``) holds::
+A run folder (``run.out_dir``; its format is `morlaif.run_folder`'s, the checkpoint `morlaif.checkpoint`'s)
+holds::
 
     config.yaml          the configuration it was started with (a rerun with another one is refused)
     checkpoint/          weights.safetensors (trainable tensors) + state.pt (optimizer, scheduler, KL
@@ -36,23 +37,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from safetensors.torch import load_file, save_file
 
+from morlaif.checkpoint import rng_state, set_rng_state
 from morlaif.client import MorlaifClient, RetryPolicy
 from morlaif.distributed import Distributed, resolve_device
 from morlaif.errors import APIStatusError, ClientError, MorlaifError, RetriesExhaustedError
+from morlaif.run_folder import POLICY, POLICY_MANIFEST, RunFolder
 from morlaif.runs import StopRequest, defer_stop_signals, git_commit, progress
 from policy_trainer.config import ConfigError, ModelConfig, TrainConfig, config_to_dict
 from policy_trainer.data import read_prompts, render, split_prompts
-from policy_trainer.ppo import PPOTrainer, rng_state, set_rng_state
+from policy_trainer.ppo import PPOTrainer
 from policy_trainer.rollout import check_backend
 
-__all__ = ["RewardUnavailableError", "RunResult", "load_policy", "load_trained_policy", "train", "prompt_batches"]
+__all__ = [
+    "POLICY_MANIFEST",
+    "RewardUnavailableError",
+    "RunDir",
+    "RunResult",
+    "load_policy",
+    "load_trained_policy",
+    "train",
+    "prompt_batches",
+]
 
 logger = logging.getLogger(__name__)
 
-POLICY_MANIFEST = "morlaif_policy.json"
 # what a rerun may change and still continue the same run (a PM server that moved, a longer run)
 _RESUMABLE_CHANGES = {
     ("run", "steps"),
@@ -120,8 +129,8 @@ def load_trained_policy(path: str | Path, *, device: str = "auto") -> tuple[Any,
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     p = Path(path)
-    if (p / "policy" / POLICY_MANIFEST).is_file():
-        p = p / "policy"
+    if (p / POLICY / POLICY_MANIFEST).is_file():
+        p = p / POLICY
     if (p / POLICY_MANIFEST).is_file():
         manifest = json.loads((p / POLICY_MANIFEST).read_text())
         if manifest.get("lora"):
@@ -153,15 +162,17 @@ def prompt_batches(n_prompts: int, batch_size: int, seed: int, step: int) -> lis
 
 # ----------------------------------------------------------------------------------------- run dir
 class RunDir:
-    """The run folder; with several processes every method is called by every rank and only the main one
-    writes (a save is a collective under FSDP / ZeRO-3, and all ranks wait for it to be complete)."""
+    """The run folder (`morlaif.run_folder.RunFolder`) as a run writes it; with several processes every method
+    is called by every rank and only the main one writes (a save is a collective under FSDP / ZeRO-3, and all
+    ranks wait for it to be complete)."""
 
     def __init__(self, root: Path, dist: Distributed | None = None) -> None:
         self.root = root
         self.dist = dist or Distributed(torch.device("cpu"))
-        self.ckpt = root / "checkpoint"
-        self.metrics = root / "metrics.jsonl"
-        self.config = root / "config.yaml"
+        self.folder = RunFolder(root)
+        self.ckpt = self.folder.checkpoint
+        self.metrics = self.folder.metrics_path
+        self.config = self.folder.config_path
 
     def check_config(self, cfg: TrainConfig) -> None:
         """Write config.yaml, or refuse a rerun whose config differs in more than the run's length."""
@@ -169,11 +180,10 @@ class RunDir:
         if not self.config.is_file():
             self.dist.barrier()  # every rank has looked before the main one writes
             if self.dist.is_main:
-                self.root.mkdir(parents=True, exist_ok=True)
-                self.config.write_text(yaml.safe_dump(new, sort_keys=False))
+                self.folder.write_config(new)
             self.dist.barrier()
             return
-        old = yaml.safe_load(self.config.read_text()) or {}
+        old = self.folder.read_config() or {}
         diffs = [
             f"{s}.{k}: {old.get(s, {}).get(k)!r} -> {v!r}"
             for s, sub in new.items()
@@ -187,36 +197,23 @@ class RunDir:
             )
         self.dist.barrier()
         if self.dist.is_main:
-            self.config.write_text(yaml.safe_dump(new, sort_keys=False))
+            self.folder.write_config(new)
         self.dist.barrier()
 
     def save(self, trainer: PPOTrainer, rng: dict[str, Any]) -> None:
-        """Write the checkpoint to a fresh folder, then swap it in: a crash never leaves half a checkpoint."""
+        """Write the checkpoint (`Checkpoint.write`: a crash never leaves half a checkpoint)."""
         weights = trainer.trainable_state()  # every rank: a collective when parameters are sharded
         if self.dist.is_main:
-            self._write(weights, {**trainer.state_dict(), "rng": rng})
+            self.ckpt.write(weights, {**trainer.state_dict(), "rng": rng})
         self.dist.barrier()
-
-    def _write(self, weights: dict[str, torch.Tensor], state: dict[str, Any]) -> None:
-        tmp = self.root / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        save_file(weights, str(tmp / "weights.safetensors"))
-        torch.save(state, tmp / "state.pt")
-        old = self.root / "checkpoint.old"
-        shutil.rmtree(old, ignore_errors=True)
-        if self.ckpt.exists():
-            os.replace(self.ckpt, old)
-        os.replace(tmp, self.ckpt)
-        shutil.rmtree(old, ignore_errors=True)
 
     def load(self, trainer: PPOTrainer) -> int:
         """Restore the last checkpoint into `trainer`; the number of steps it had done (0: none)."""
-        if not (self.ckpt / "state.pt").is_file():
+        if not self.ckpt.exists():
             self._truncate_metrics(0)  # steps logged before a stop that saved nothing will be run again
             return 0
-        state = torch.load(self.ckpt / "state.pt", weights_only=True)
-        trainer.load_state(load_file(str(self.ckpt / "weights.safetensors")), state)
+        state = self.ckpt.read_state()
+        trainer.load_state(self.ckpt.read_weights(), state)
         set_rng_state(state["rng"])
         self._truncate_metrics(trainer.steps_done)
         return trainer.steps_done
@@ -224,36 +221,23 @@ class RunDir:
     def _truncate_metrics(self, steps_done: int) -> None:
         """Drop lines of steps after the checkpoint (they will be run again)."""
         self.dist.barrier()  # every rank has read the checkpoint
-        if not self.dist.is_main or not self.metrics.is_file():
-            return
-        keep = []
-        for line in self.metrics.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= steps_done:
-                    keep.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a torn last line
-        self.metrics.write_text("".join(f"{x}\n" for x in keep))
+        if self.dist.is_main:
+            self.folder.truncate_metrics(steps_done)
 
     def log(self, row: dict[str, Any]) -> None:
-        if not self.dist.is_main:
-            return
-        with self.metrics.open("a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        if self.dist.is_main:
+            self.folder.append_metrics(row)
 
     def save_policy(self, trainer: PPOTrainer, tokenizer: Any, cfg: TrainConfig) -> Path:
-        out = self.root / "policy"
         state = trainer.lm_state_dict()  # every rank: a collective when parameters are sharded
         if self.dist.is_main:
             self._write_policy(trainer, state, tokenizer, cfg)
         self.dist.barrier()
-        return out
+        return self.folder.policy_path
 
     def _write_policy(self, trainer: PPOTrainer, state: dict[str, Any], tokenizer: Any, cfg: TrainConfig) -> None:
-        out = self.root / "policy"
-        tmp = self.root / "policy.tmp"
+        out = self.folder.policy_path
+        tmp = out.with_name(f"{out.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         trainer.policy.lm.save_pretrained(str(tmp), state_dict=state)
         tokenizer.save_pretrained(str(tmp))
@@ -272,7 +256,7 @@ class RunDir:
 def _tensorboard(root: Path, purge_step: int) -> Any:
     from torch.utils.tensorboard import SummaryWriter
 
-    return SummaryWriter(str(root / "tb"), purge_step=purge_step + 1)
+    return SummaryWriter(str(RunFolder(root).tensorboard_path), purge_step=purge_step + 1)
 
 
 def _check_principles(client: MorlaifClient, cfg: TrainConfig) -> None:

@@ -264,7 +264,7 @@ def test_ctrl_c_or_sigterm_saves_a_consistent_checkpoint_and_the_rerun_resumes(t
     train, _ = split_by_prompt(politeness_pairs(400), 0.15, salt="val0")
     steps_per_epoch = -(-len(train) // 16)
     assert state["step"] == state["epoch"] * steps_per_epoch + state["batch_in_epoch"] > 0
-    assert (run / "optim.pt").is_file() and (run / "weights.safetensors").is_file()
+    assert (run / "checkpoint" / "state.pt").is_file() and (run / "checkpoint" / "weights.safetensors").is_file()
     first = state["step"]
     # SIGTERM (docker stop, Kubernetes) the same way, with its own status: 143
     rc, err = interrupt_after(lambda s: s.get("step", 0) > first, signal.SIGTERM)

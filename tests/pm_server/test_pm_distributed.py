@@ -107,4 +107,5 @@ def test_two_processes_match_one_and_a_run_stopped_with_two_resumes_with_one(tmp
     assert res.returncode == 0, res.stderr[-3000:]
     assert f"resuming {tmp_path / 'stopped' / 'run'} at step {stopped_at}" in res.stderr
     assert_same(outputs(tmp_path, "stopped"), one)
-    assert torch.load(tmp_path / "stopped" / "run" / "optim.pt", weights_only=True)["scheduler"]["last_epoch"] > 0
+    ckpt = tmp_path / "stopped" / "run" / "checkpoint" / "state.pt"
+    assert torch.load(ckpt, weights_only=True)["scheduler"]["last_epoch"] > 0

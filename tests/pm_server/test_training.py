@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import httpx
 import pytest
@@ -196,6 +197,23 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, tiny_encoder_dir)
     assert resumed.metrics["val_accuracy"] == straight.metrics["val_accuracy"]
     with pytest.raises(TrainError, match="finished run"):
         run("b")
+
+    # a run directory of the layout before the shared checkpoint (weights.safetensors + optim.pt beside
+    # state.json, the CPU generator's state under "cpu") resumes the same
+    with pytest.raises(KeyboardInterrupt):
+        run("d", on_step=stop_at_5)
+    d = tmp_path / "run-d"
+    blob = torch.load(d / "checkpoint" / "state.pt", weights_only=True)
+    blob["rng"] = {"cpu": blob["rng"]["torch"], **({"cuda": blob["rng"]["cuda"]} if "cuda" in blob["rng"] else {})}
+    torch.save(blob, d / "optim.pt")
+    (d / "checkpoint" / "weights.safetensors").rename(d / "weights.safetensors")
+    shutil.rmtree(d / "checkpoint")
+    legacy = run("d")
+    assert legacy.resumed_from_step == 5
+    assert not (d / "optim.pt").exists() and (d / "checkpoint" / "state.pt").is_file()  # the new layout now
+    c = load_file(str(legacy.package_dir / "adapter_model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], c[k], atol=0, rtol=0)
     with pytest.raises(TrainError, match="other data or settings"):
         train_pm(
             pairs[:100],

@@ -10,9 +10,9 @@ Usage::
     result = train_pm(read_pairs("../shared/data/factuality_truthfulqa.jsonl"), principle="factuality",
                       config=TrainConfig(), out_root=Path("var/adapters"), run_dir=Path("var/runs/factuality"))
 
-The run directory holds a checkpoint (trainable weights, optimizer, scheduler, RNG, position in the epoch)
-saved every `save_every` steps, at each epoch's end and on Ctrl-C: running the same command again
-resumes where it stopped and ends with the same weights as a run that was never interrupted.
+The run directory (`_RunDir`) holds a checkpoint (`morlaif.checkpoint`: trainable weights, optimizer, scheduler,
+RNG, position in the epoch) saved every `save_every` steps, at each epoch's end and on Ctrl-C: running the same
+command again resumes where it stopped and ends with the same weights as a run that was never interrupted.
 
 Under `accelerate launch --num_processes N` (`morlaif.distributed`) training is data parallel: `batch_size` is
 the global batch; each rank runs the forward and backward of its contiguous share of every batch, weighted so
@@ -40,8 +40,8 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
-from safetensors.torch import load_file, save_file
 
+from morlaif.checkpoint import Checkpoint, CheckpointError, load_tensors, rng_state, save_tensors, set_rng_state
 from morlaif.distributed import Distributed
 from morlaif.errors import MorlaifError
 from morlaif.principles import get_principle
@@ -281,18 +281,10 @@ def _trainable(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
 
-def _save_weights(model: torch.nn.Module, path: Path) -> None:
-    tensors = {n: p.detach().cpu().contiguous() for n, p in _trainable(model).items()}
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp))
-    os.replace(tmp, path)
-
-
-def _load_weights(model: torch.nn.Module, path: Path) -> None:
-    saved = load_file(str(path))
+def _load_trainable(model: torch.nn.Module, saved: dict[str, torch.Tensor], source: Path) -> None:
     params = _trainable(model)
     if set(saved) != set(params):
-        raise TrainError(f"{path} does not match the model being trained (different settings?)")
+        raise TrainError(f"{source} does not match the model being trained (different settings?)")
     with torch.no_grad():
         for n, p in params.items():
             p.copy_(saved[n].to(p.device))
@@ -310,22 +302,38 @@ def _fingerprint(config: TrainConfig, train: Sequence[Pair], val: Sequence[Pair]
 
 
 class _RunDir:
-    """state.json + weights.safetensors + best.safetensors + optim.pt in the run directory."""
+    """The run directory::
+
+        state.json          the run: fingerprint, version, position (step, epoch, batch_in_epoch), validation
+                            history, finished, package; written at the start, at every checkpoint and at the end
+        checkpoint/         the last checkpoint (`morlaif.checkpoint.Checkpoint`): weights.safetensors (trainable
+                            tensors) + state.pt (optimizer, scheduler, RNG) + meta.json (state.json as it was)
+        best.safetensors    the trainable tensors of the best epoch so far
+
+    Run directories written before the shared checkpoint (weights.safetensors and optim.pt beside state.json)
+    still resume; their first new checkpoint replaces those two files."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.state_file = path / "state.json"
-        self.weights = path / "weights.safetensors"
+        self.ckpt = Checkpoint(path / "checkpoint")
         self.best = path / "best.safetensors"
-        self.optim = path / "optim.pt"
+        # the layout before the shared checkpoint, read only
+        self.legacy_weights = path / "weights.safetensors"
+        self.legacy_optim = path / "optim.pt"
 
     def read_state(self) -> dict[str, Any] | None:
+        """The run's state as of its last checkpoint; None when the directory holds no run."""
         if not self.state_file.is_file():
             return None
         try:
-            return json.loads(self.state_file.read_text())
-        except json.JSONDecodeError as e:
+            state = json.loads(self.state_file.read_text())
+            if not state.get("finished") and self.ckpt.exists():
+                # the checkpoint's own copy: state.json may lag it by a crash between the two writes
+                state = self.ckpt.read_meta() or state
+        except (json.JSONDecodeError, CheckpointError) as e:
             raise TrainError(f"{self.state_file} is corrupt ({e}); delete the run directory or pass --fresh") from e
+        return state
 
     def write_state(self, state: dict[str, Any]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -333,26 +341,38 @@ class _RunDir:
         tmp.write_text(json.dumps(state, indent=2))
         os.replace(tmp, self.state_file)
 
+    def begin(self, state: dict[str, Any]) -> None:
+        """Start a run at step 0: the checkpoint of an earlier one (--fresh) goes, then state.json is written."""
+        self.ckpt.remove()
+        for f in (self.legacy_weights, self.legacy_optim):
+            f.unlink(missing_ok=True)
+        self.write_state(state)
+
     def save(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, state: dict[str, Any]) -> None:
-        self.path.mkdir(parents=True, exist_ok=True)
-        _save_weights(model, self.weights)
-        rng: dict[str, Any] = {"cpu": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        tmp = self.optim.with_name(".optim.pt.tmp")
-        # our own file, read back with weights_only=True: tensors and plain containers, never code
-        torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng}, tmp)
-        os.replace(tmp, self.optim)
-        self.write_state(state)  # last: the state names a checkpoint only once its files are complete
+        # state.pt is read back with weights_only=True: tensors and plain containers, never code
+        blob = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state()}
+        self.ckpt.write(_trainable(model), blob, meta=state)
+        self.write_state(state)
+        for f in (self.legacy_weights, self.legacy_optim):  # a run begun before the shared checkpoint
+            f.unlink(missing_ok=True)
 
     def restore(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any) -> None:
-        _load_weights(model, self.weights)
-        blob = torch.load(self.optim, map_location="cpu", weights_only=True)
+        if self.ckpt.exists():
+            weights, source = self.ckpt.read_weights(), self.ckpt.path
+            blob = self.ckpt.read_state(map_location="cpu")
+        else:  # the layout before the shared checkpoint
+            weights, source = load_tensors(self.legacy_weights), self.legacy_weights
+            blob = torch.load(self.legacy_optim, map_location="cpu", weights_only=True)
+        _load_trainable(model, weights, source)
         opt.load_state_dict(blob["optimizer"])
         sched.load_state_dict(blob["scheduler"])
-        torch.set_rng_state(blob["rng"]["cpu"])
-        if "cuda" in blob["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(blob["rng"]["cuda"])
+        set_rng_state(blob["rng"])
+
+    def save_best(self, model: torch.nn.Module) -> None:
+        save_tensors(_trainable(model), self.best)
+
+    def load_best(self, model: torch.nn.Module) -> None:
+        _load_trainable(model, load_tensors(self.best), self.best)
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -451,7 +471,7 @@ def train_pm(
             logger.warning("resuming %s at step %d (epoch %d)", run_dir, resumed_from, state["epoch"] + 1)
     dist.barrier()  # every rank has read the run directory before the main one writes to it
     if resumed_from == 0 and dist.is_main:
-        rd.write_state(state)
+        rd.begin(state)
     # the model the steps run through: DDP under a launcher (DDP broadcasts rank 0's weights), the model alone
     ddp_model, opt = dist.prepare(model, opt, micro_batch_size=-(-config.batch_size // dist.world_size))
     if dist.enabled:
@@ -518,7 +538,7 @@ def train_pm(
             if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
                 state["best_val_loss"], state["best_epoch"], state["bad_epochs"] = val_loss, epoch + 1, 0
                 if dist.is_main:
-                    _save_weights(model, rd.best)
+                    rd.save_best(model)
             else:
                 state["bad_epochs"] += 1
                 if state["bad_epochs"] > config.patience:
@@ -537,7 +557,7 @@ def train_pm(
     bar.close()
 
     # 3. the best epoch's weights, calibrated on the validation set, written as a package
-    _load_weights(model, rd.best)
+    rd.load_best(model)
     val_loss, val_acc, raw = _evaluate(model, enc_val, pad_id, device, config.batch_size, dist)
     if not dist.is_main:
         dist.barrier()  # the main rank writes the package

@@ -3,9 +3,10 @@
 * `stats(metrics)`: the server's own Prometheus metrics as JSON (per-principle score histograms, request
   and failure counts, rows, model time); the page turns two polls into throughput.
 * `list_runs(root)` / `read_run(root, name)`: PPO runs under a directory the server may read
-  (``MORLAIF_RUNS_DIR``, a run being ``<root>/<name>/metrics.jsonl`` as `morlaif ppo train` writes it): the
-  reward, KL and per-principle score curves, and `hacking_warnings` on them. Only direct children of the
-  root whose real path stays inside it are runs; a name is looked up among them, never joined onto a path.
+  (``MORLAIF_RUNS_DIR``, a run being ``<root>/<name>/metrics.jsonl`` as `morlaif ppo train` writes it; the
+  folder's format is `morlaif.run_folder`'s): the reward, KL and per-principle score curves, and
+  `hacking_warnings` on them. Only direct children of the root whose real path stays inside it are runs
+  (`morlaif.run_folder.find_runs`); a name is looked up among them, never joined onto a path.
 
 The page itself (``console/index.html``, ``console.js``, ``console.css``) is static: no build step, no
 third-party script, nothing fetched from outside the server.
@@ -13,9 +14,7 @@ third-party script, nothing fetched from outside the server.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
+from morlaif.run_folder import RunFolder, find_runs
 from pm_server.serving.metrics import Metrics
 
 __all__ = [
@@ -38,7 +38,6 @@ __all__ = [
 ]
 
 STATIC_DIR = Path(__file__).parent
-_RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 #: metrics.jsonl lines read at most (the newest are kept): about 10 MB of a long run
 _MAX_LINES = 20000
 #: a principle "rises" or "falls" when its mean over the last quarter of a run differs from the first
@@ -149,51 +148,23 @@ def stats(metrics: Metrics) -> StatsResponse:
 
 
 # -------------------------------------------------------------------------------------------------- runs
-def _runs(root: Path) -> dict[str, Path]:
-    """name -> metrics.jsonl of every run directly under `root` (real paths inside it only)."""
-    try:
-        real_root = root.resolve(strict=True)
-        children = sorted(real_root.iterdir())
-    except OSError:
-        return {}
-    out = {}
-    for child in children:
-        if not _RUN_NAME.match(child.name):
-            continue
-        f = child / "metrics.jsonl"
-        try:
-            real = f.resolve(strict=True)
-        except OSError:
-            continue
-        if real.is_file() and real.is_relative_to(real_root):
-            out[child.name] = real
-    return out
-
-
-def _tail_lines(path: Path) -> list[str]:
-    with path.open("rb") as f:
-        lines = f.read().splitlines()
-    return [ln.decode("utf-8", "replace") for ln in lines[-_MAX_LINES:]]
-
-
 def list_runs(root: Path | None) -> RunsResponse:
     if root is None:
         return RunsResponse(configured=False, runs=[])
     runs = []
-    for name, f in _runs(root).items():
+    for name, run in find_runs(root).items():
         try:
-            steps = sum(1 for ln in _tail_lines(f) if ln.strip())
-            updated = f.stat().st_mtime
+            steps = sum(1 for ln in run.read_metrics_lines(_MAX_LINES) if ln.strip())
+            updated = run.metrics_path.stat().st_mtime
         except OSError:
             continue
         runs.append(RunSummary(name=name, steps=steps, updated=updated))
     return RunsResponse(configured=True, runs=runs)
 
 
-def _kl_target(run_dir: Path) -> float:
+def _kl_target(run: RunFolder) -> float:
     try:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-        value = float(cfg["ppo"]["kl_target"])
+        value = float(run.read_config()["ppo"]["kl_target"])
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
         return 6.0
     return value if math.isfinite(value) and value > 0 else 6.0
@@ -209,26 +180,14 @@ def read_run(root: Path | None, name: str) -> RunCurves | None:
     """The curves of run `name`, or None when there is no such run under `root`."""
     if root is None:
         return None
-    path = _runs(root).get(name)
-    if path is None:
+    run = find_runs(root).get(name)
+    if run is None:
         return None
+    log = run.read_metrics(_MAX_LINES)
+    rows = log.rows
     steps: list[int] = []
     reward: list[float | None] = []
     kl: list[float | None] = []
-    rows: list[dict[str, Any]] = []
-    skipped = 0
-    for ln in _tail_lines(path):
-        if not ln.strip():
-            continue
-        try:
-            row = json.loads(ln)
-        except json.JSONDecodeError:
-            skipped += 1
-            continue
-        if not isinstance(row, dict) or isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
-            skipped += 1
-            continue
-        rows.append(row)
     principles = sorted({k[len("score/") :] for r in rows for k in r if k.startswith("score/")})
     scores: dict[str, list[float | None]] = {p: [] for p in principles}
     for r in rows:
@@ -237,7 +196,7 @@ def read_run(root: Path | None, name: str) -> RunCurves | None:
         kl.append(_num(r.get("kl")))
         for p in principles:
             scores[p].append(_num(r.get(f"score/{p}")))
-    target = _kl_target(path.parent)
+    target = _kl_target(run)
     return RunCurves(
         name=name,
         steps=steps,
@@ -245,7 +204,7 @@ def read_run(root: Path | None, name: str) -> RunCurves | None:
         kl=kl,
         scores=scores,
         kl_target=target,
-        skipped_lines=skipped,
+        skipped_lines=len(log.bad),
         warnings=hacking_warnings(scores, kl, target),
     )
 
