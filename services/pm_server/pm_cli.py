@@ -5,11 +5,10 @@ Only typer is imported at module level (fast `--help`); torch and friends load i
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -50,45 +49,6 @@ def _layers(value: str | None) -> list[int] | None:
         return [int(x) for x in value.split(",") if x.strip()]
     except ValueError:
         raise typer.BadParameter("a comma-separated list of layer indices, e.g. 3,4,5", param_hint="--layers") from None
-
-
-def _load_pairs(data: list[str] | None, store: str | None, judge: str | None, principles: list[str] | None) -> Any:
-    """All pairs of the data files, plus the store's labels of `principles`; and their provenance."""
-    from pm_server.training.pairs import PairDataError, file_sha256, parse_spec, read_pairs, store_pairs
-
-    pairs, sources = [], []
-    given: dict[tuple[Path, str | None], str] = {}
-    for raw in data or []:
-        spec = parse_spec(raw)
-        key = (spec.path.resolve(), spec.principle)
-        if key in given:  # its pairs would count twice, in training and in every accuracy
-            raise PairDataError(f"--data {raw} is given twice (first as {given[key]})")
-        given[key] = raw
-        got = read_pairs(spec)
-        pairs += got
-        sources.append(
-            {"file": str(spec.path), "principle": spec.principle, "sha256": file_sha256(spec.path), "pairs": len(got)}
-        )
-    if store is not None:
-        from morlaif.store import StoreUnavailable, open_store
-        from morlaif.store.db import display_url
-
-        shown = display_url(store)
-        try:
-            if principles is None:  # pooled: every principle the store has labels for
-                with open_store(store) as st:
-                    principles = sorted(st.status(judge))
-            for name in principles:
-                got = store_pairs(store, name, judge=judge)
-                pairs += got
-                sources.append({"store": shown, "principle": name, "judge": judge, "pairs": len(got)})
-        except StoreUnavailable as e:  # a bad URL or an unreachable server: its message hides the password
-            raise PairDataError(str(e)) from e
-        except Exception as e:  # a failed query: say which store, without the password
-            raise PairDataError(
-                f"cannot read the label store {shown}: {type(e).__name__}: {e}".replace(store, shown)
-            ) from e
-    return pairs, sources
 
 
 @app.command("train")
@@ -163,7 +123,7 @@ def train(
         accelerate launch --multi_gpu --num_processes 8 -m morlaif pm train --principle factuality ...
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from pm_server.training.pairs import PairDataError
+    from pm_server.training.pairs import PairDataError, load_pairs, select_pairs
     from pm_server.training.trainer import TrainConfig, TrainError, train_pm
 
     if not data and store is None:
@@ -187,21 +147,10 @@ def train(
             seed=seed,
             device=device,
         )
-        pairs, sources = _load_pairs(data, store, judge, None if pool else [principle])
+        pairs, sources = load_pairs(data, store, judge, None if pool else [principle])
+        pairs = select_pairs(pairs, principle, pool=pool, limit=limit, seed=seed)
     except (TrainError, PairDataError) as e:
         raise _fail(str(e)) from None
-    if not pool:
-        found = sorted({p.principle for p in pairs})
-        pairs = [p for p in pairs if p.principle == principle]
-        if not pairs:
-            raise _fail(
-                f"no pairs for principle {principle!r} in the data (it has: {', '.join(found) or 'none'}); "
-                "use --pool to train on all of them"
-            )
-    if limit is not None and len(pairs) > limit:
-        import random
-
-        pairs = random.Random(seed).sample(pairs, limit)
     if quiet:
         from morlaif.runs import quiet_libraries
 
@@ -299,97 +248,27 @@ def evaluate(
 
     if dtype not in DTYPES:
         raise _fail(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    from pm_server.model.base import load_base
-    from pm_server.model.package import PackageError, find_packages
-    from pm_server.training.evaluation import (
-        Accuracy,
-        PackageScorer,
-        agreement_matrix,
-        fmt,
-        labelled_margins,
-        multi_objective,
-        principle_report,
-        write_scalarizer_file,
-    )
-    from pm_server.training.pairs import Pair, PairDataError, prompt_bucket
-    from pm_server.training.report import write_figures, write_markdown
+    from pm_server.training.pm_eval import EvalError, run_pm_eval
 
-    found = [n for n, _ in find_packages(adapter_root)]
-    names = [x.strip() for x in principles.split(",") if x.strip()] if principles else [n for n in found if n != single]
-    missing = [n for n in [*names, *([single] if single else [])] if n not in found]
-    if missing:
-        raise _fail(f"no package for {', '.join(missing)} under {adapter_root} (found: {', '.join(found) or 'none'})")
-    if not names:
-        raise _fail(f"no packages to evaluate under {adapter_root}")
     try:
-        pairs, sources = _load_pairs(data, store, judge, names)
-        human_pairs, human_sources = _load_pairs(human, None, None, None)
-    except PairDataError as e:
+        run_pm_eval(
+            data=data,
+            store=store,
+            judge=judge,
+            human=human,
+            adapter_root=adapter_root,
+            principles=[x.strip() for x in principles.split(",") if x.strip()] if principles else None,
+            single=single,
+            base=base,
+            validation_only=validation_only,
+            fit_fraction=fit_fraction,
+            out=out,
+            device=device,
+            dtype=dtype,
+            echo=typer.echo,
+        )
+    except EvalError as e:
         raise _fail(str(e)) from None
-    try:
-        b = load_base(base, device=device, dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise _fail(f"cannot load base model {base!r}: {e}") from None
-    scorer = PackageScorer(b, adapter_root)
-    try:
-        for n in [*names, *([single] if single else [])]:
-            scorer.load(n)
-    except PackageError as e:
-        raise _fail(str(e)) from None
-
-    def held_out(name: str, part: list[Pair]) -> list[Pair]:
-        split = scorer.packages[name].manifest.provenance.get("split") or {}
-        if not validation_only:
-            return part
-        if "val_fraction" not in split:
-            raise _fail(f"package {name} records no validation split; drop --validation-only")
-        return [p for p in part if prompt_bucket(p.prompt, split.get("salt", "")) < split["val_fraction"]]
-
-    result: dict[str, Any] = {
-        "base": base,
-        "base_config_hash": b.config_hash,
-        "adapter_root": str(adapter_root),
-        "data": [json.dumps(s) for s in [*sources, *human_sources]],
-        "validation_only": validation_only,
-        "per_principle": [],
-    }
-    for n in names:
-        own = held_out(n, [p for p in pairs if p.principle == n])
-        if own:
-            r = principle_report(scorer, n, own)
-            if single is not None:  # same prompts held out (same split salt): a fair per-principle comparison
-                r["single_pm"] = Accuracy.of(labelled_margins(scorer.pair_scores(single, own), own)).to_dict()
-            result["per_principle"].append(r)
-            typer.echo(f"{n}: PM {fmt(r['pm'])}  longer {fmt(r['longer_wins'])}  untrained {fmt(r['untrained_head'])}")
-    if human_pairs:
-        try:
-            mo = multi_objective(scorer, names, human_pairs, fit_fraction=fit_fraction, single_pm=single)
-        except ValueError as e:
-            raise _fail(str(e)) from None
-        result["multi_objective"] = mo.to_dict()
-        agree_names, matrix = agreement_matrix(mo.margins)  # the margins multi_objective already scored
-        result["agreement"] = {"names": agree_names, "matrix": matrix, "pairs": len(human_pairs)}
-        weights_file = out / "weights.json"
-        write_scalarizer_file(weights_file, mo.weights)
-        result["scalarizer_file"] = str(weights_file)
-        best = max(mo.per_scalarizer.items(), key=lambda kv: kv[1].value)
-        typer.echo(f"human preferences ({mo.test_pairs} test pairs): best scalarizer {best[0]} {fmt(best[1])}")
-        if mo.single_pm is not None:
-            typer.echo(f"single PM {single}: {fmt(mo.single_pm)}")
-        typer.echo(f"fitted weights: {json.dumps(mo.weights)} -> {weights_file}")
-    elif result["per_principle"]:
-        # without human pairs, the agreement heatmap is over all evaluated pairs
-        allp = [p for p in pairs if p.principle in names]
-        margins = {n: labelled_margins(scorer.pair_scores(n, allp), allp) for n in names}
-        agree_names, matrix = agreement_matrix(margins)
-        result["agreement"] = {"names": agree_names, "matrix": matrix, "pairs": len(allp)}
-    if not result["per_principle"] and not human_pairs:
-        raise _fail("nothing to evaluate: give --data with pairs of the packages' principles, --store, or --human")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
-    figures = write_figures(result, out)
-    report = write_markdown(result, out, figures)
-    typer.echo(f"report: {report}")
 
 
 @app.command("split")
@@ -406,7 +285,7 @@ def split(
     HH-RLHF transcripts come out as pairs with their prompt separated. The split depends only on each
     prompt's text and the salt, so it is the same on every machine and for every file order.
     """
-    from pm_server.training.pairs import PairDataError, prompt_bucket, read_pairs
+    from pm_server.training.pairs import PairDataError, read_pairs, write_split
 
     named: list[tuple[str, float]] = []
     for item in parts.split(","):
@@ -422,28 +301,5 @@ def split(
         pairs = read_pairs(data)
     except PairDataError as e:
         raise _fail(str(e)) from None
-    out_dir.mkdir(parents=True, exist_ok=True)
-    handles = {n: (out_dir / f"{n}.jsonl").open("w", encoding="utf-8") for n, _ in named}
-    counts = dict.fromkeys(handles, 0)
-    try:
-        for p in pairs:
-            u, acc = prompt_bucket(p.prompt, salt), 0.0
-            for n, f in named:
-                acc += f
-                if u < acc or n == named[-1][0]:
-                    break
-            rec = {
-                "prompt": p.prompt,
-                "chosen": p.chosen,
-                "rejected": p.rejected,
-                "principle": p.principle,
-                "source": p.source,
-            }
-            if p.p < 1.0:
-                rec["p"] = p.p
-            handles[n].write(json.dumps(rec, ensure_ascii=False) + "\n")
-            counts[n] += 1
-    finally:
-        for h in handles.values():
-            h.close()
+    counts = write_split(pairs, out_dir, named, salt=salt)
     typer.echo(", ".join(f"{n}: {c} pairs -> {out_dir / (n + '.jsonl')}" for n, c in counts.items()))

@@ -15,11 +15,13 @@ accuracy measures generalisation to new prompts, not memory of a prompt's other 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from morlaif.jsonl import JsonlError, iter_objects
 from morlaif.principles import PRINCIPLE_NAME_RE
@@ -178,3 +180,99 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def load_pairs(
+    data: Sequence[str] | None, store: str | None, judge: str | None, principles: Sequence[str] | None
+) -> tuple[list[Pair], list[dict[str, Any]]]:
+    """All pairs of the data specs (``PATH`` or ``PRINCIPLE=PATH``, as `--data` takes them), plus the label
+    store's labels of `principles` (every principle it has labels for when None); and their provenance (one
+    dict per file or store principle). Raises `PairDataError` naming the spec, file and line, or the store
+    without its password."""
+    pairs: list[Pair] = []
+    sources: list[dict[str, Any]] = []
+    given: dict[tuple[Path, str | None], str] = {}
+    for raw in data or []:
+        spec = parse_spec(raw)
+        key = (spec.path.resolve(), spec.principle)
+        if key in given:  # its pairs would count twice, in training and in every accuracy
+            raise PairDataError(f"--data {raw} is given twice (first as {given[key]})")
+        given[key] = raw
+        got = read_pairs(spec)
+        pairs += got
+        sources.append(
+            {"file": str(spec.path), "principle": spec.principle, "sha256": file_sha256(spec.path), "pairs": len(got)}
+        )
+    if store is not None:
+        from morlaif.store import StoreUnavailable, open_store
+        from morlaif.store.db import display_url
+
+        shown = display_url(store)
+        try:
+            if principles is None:  # pooled: every principle the store has labels for
+                with open_store(store) as st:
+                    principles = sorted(st.status(judge))
+            for name in principles:
+                got = store_pairs(store, name, judge=judge)
+                pairs += got
+                sources.append({"store": shown, "principle": name, "judge": judge, "pairs": len(got)})
+        except StoreUnavailable as e:  # a bad URL or an unreachable server: its message hides the password
+            raise PairDataError(str(e)) from e
+        except Exception as e:  # a failed query: say which store, without the password
+            raise PairDataError(
+                f"cannot read the label store {shown}: {type(e).__name__}: {e}".replace(store, shown)
+            ) from e
+    return pairs, sources
+
+
+def select_pairs(
+    pairs: Sequence[Pair], principle: str, *, pool: bool = False, limit: int | None = None, seed: int = 0
+) -> list[Pair]:
+    """The pairs `pm train` trains on: those of `principle` (all of them with `pool`), at most `limit` of them
+    (a sample seeded by `seed`). Raises `PairDataError` when the data holds no pair of `principle`."""
+    chosen = list(pairs)
+    if not pool:
+        found = sorted({p.principle for p in chosen})
+        chosen = [p for p in chosen if p.principle == principle]
+        if not chosen:
+            raise PairDataError(
+                f"no pairs for principle {principle!r} in the data (it has: {', '.join(found) or 'none'}); "
+                "use --pool to train on all of them"
+            )
+    if limit is not None and len(chosen) > limit:
+        import random
+
+        chosen = random.Random(seed).sample(chosen, limit)
+    return chosen
+
+
+def write_split(
+    pairs: Sequence[Pair], out_dir: Path, parts: Sequence[tuple[str, float]], *, salt: str
+) -> dict[str, int]:
+    """Write `pairs` as pair JSONL, `out_dir/<name>.jsonl` per named part, each prompt's pairs in the part its
+    `prompt_bucket` falls in (fractions in order, summing to 1); the number of pairs written per part."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    handles = {n: (out_dir / f"{n}.jsonl").open("w", encoding="utf-8") for n, _ in parts}
+    counts = dict.fromkeys(handles, 0)
+    try:
+        for p in pairs:
+            u, acc = prompt_bucket(p.prompt, salt), 0.0
+            for n, f in parts:
+                acc += f
+                if u < acc or n == parts[-1][0]:
+                    break
+            rec = {
+                "prompt": p.prompt,
+                "chosen": p.chosen,
+                "rejected": p.rejected,
+                "principle": p.principle,
+                "source": p.source,
+            }
+            if p.p < 1.0:
+                rec["p"] = p.p
+            handles[n].write(json.dumps(rec, ensure_ascii=False) + "\n")
+            counts[n] += 1
+    finally:
+        for h in handles.values():
+            h.close()
+    return counts

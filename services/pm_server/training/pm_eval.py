@@ -1,0 +1,141 @@
+"""`morlaif pm eval` as a job: load the packages and the pairs, score them, write eval.json, the figures,
+report.md and the fitted weights.json. The command (`pm_server.pm_cli`) only parses options and prints.
+
+The maths (accuracies, intervals, the multi-objective fit) is in `pm_server.training.evaluation`, the figures
+and the markdown in `pm_server.training.report`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from morlaif.errors import MorlaifError
+from pm_server.model.base import load_base
+from pm_server.model.package import PackageError, find_packages
+from pm_server.training.evaluation import (
+    Accuracy,
+    PackageScorer,
+    agreement_matrix,
+    fmt,
+    labelled_margins,
+    multi_objective,
+    principle_report,
+    write_scalarizer_file,
+)
+from pm_server.training.pairs import Pair, PairDataError, load_pairs, prompt_bucket
+from pm_server.training.report import write_figures, write_markdown
+
+__all__ = ["EvalError", "run_pm_eval"]
+
+
+class EvalError(MorlaifError):
+    """`pm eval` cannot run as asked: no such package, no data, a base that does not load, a package without
+    the validation split that --validation-only needs. The message names the option or package."""
+
+
+def run_pm_eval(
+    *,
+    data: Sequence[str] | None,
+    store: str | None,
+    judge: str | None,
+    human: Sequence[str] | None,
+    adapter_root: Path,
+    principles: Sequence[str] | None,
+    single: str | None,
+    base: str,
+    validation_only: bool,
+    fit_fraction: float,
+    out: Path,
+    device: str,
+    dtype: str,
+    echo: Callable[[str], Any] = print,
+) -> dict[str, Any]:
+    """Evaluate the packages under `adapter_root` (`principles`, default: all but `single`) on their own
+    principles' pairs (`data` specs and/or the `store`'s labels) and, with `human` preference specs, the
+    scalarized PMs against the `single` pooled PM. Writes `out`/eval.json, report.md, the PNGs and
+    weights.json; says each headline figure through `echo`; returns eval.json's content.
+
+    Raises:
+        EvalError: a package, the data or the base is missing or unusable (the message says which).
+    """
+    found = [n for n, _ in find_packages(adapter_root)]
+    names = list(principles) if principles else [n for n in found if n != single]
+    missing = [n for n in [*names, *([single] if single else [])] if n not in found]
+    if missing:
+        shown = ", ".join(found) or "none"
+        raise EvalError(f"no package for {', '.join(missing)} under {adapter_root} (found: {shown})")
+    if not names:
+        raise EvalError(f"no packages to evaluate under {adapter_root}")
+    try:
+        pairs, sources = load_pairs(data, store, judge, names)
+        human_pairs, human_sources = load_pairs(human, None, None, None)
+    except PairDataError as e:
+        raise EvalError(str(e)) from None
+    try:
+        b = load_base(base, device=device, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise EvalError(f"cannot load base model {base!r}: {e}") from None
+    scorer = PackageScorer(b, adapter_root)
+    try:
+        for n in [*names, *([single] if single else [])]:
+            scorer.load(n)
+    except PackageError as e:
+        raise EvalError(str(e)) from None
+
+    def held_out(name: str, part: list[Pair]) -> list[Pair]:
+        split = scorer.packages[name].manifest.provenance.get("split") or {}
+        if not validation_only:
+            return part
+        if "val_fraction" not in split:
+            raise EvalError(f"package {name} records no validation split; drop --validation-only")
+        return [p for p in part if prompt_bucket(p.prompt, split.get("salt", "")) < split["val_fraction"]]
+
+    result: dict[str, Any] = {
+        "base": base,
+        "base_config_hash": b.config_hash,
+        "adapter_root": str(adapter_root),
+        "data": [json.dumps(s) for s in [*sources, *human_sources]],
+        "validation_only": validation_only,
+        "per_principle": [],
+    }
+    for n in names:
+        own = held_out(n, [p for p in pairs if p.principle == n])
+        if own:
+            r = principle_report(scorer, n, own)
+            if single is not None:  # same prompts held out (same split salt): a fair per-principle comparison
+                r["single_pm"] = Accuracy.of(labelled_margins(scorer.pair_scores(single, own), own)).to_dict()
+            result["per_principle"].append(r)
+            echo(f"{n}: PM {fmt(r['pm'])}  longer {fmt(r['longer_wins'])}  untrained {fmt(r['untrained_head'])}")
+    if human_pairs:
+        try:
+            mo = multi_objective(scorer, names, human_pairs, fit_fraction=fit_fraction, single_pm=single)
+        except ValueError as e:
+            raise EvalError(str(e)) from None
+        result["multi_objective"] = mo.to_dict()
+        agree_names, matrix = agreement_matrix(mo.margins)  # the margins multi_objective already scored
+        result["agreement"] = {"names": agree_names, "matrix": matrix, "pairs": len(human_pairs)}
+        weights_file = out / "weights.json"
+        write_scalarizer_file(weights_file, mo.weights)
+        result["scalarizer_file"] = str(weights_file)
+        best = max(mo.per_scalarizer.items(), key=lambda kv: kv[1].value)
+        echo(f"human preferences ({mo.test_pairs} test pairs): best scalarizer {best[0]} {fmt(best[1])}")
+        if mo.single_pm is not None:
+            echo(f"single PM {single}: {fmt(mo.single_pm)}")
+        echo(f"fitted weights: {json.dumps(mo.weights)} -> {weights_file}")
+    elif result["per_principle"]:
+        # without human pairs, the agreement heatmap is over all evaluated pairs
+        allp = [p for p in pairs if p.principle in names]
+        margins = {n: labelled_margins(scorer.pair_scores(n, allp), allp) for n in names}
+        agree_names, matrix = agreement_matrix(margins)
+        result["agreement"] = {"names": agree_names, "matrix": matrix, "pairs": len(allp)}
+    if not result["per_principle"] and not human_pairs:
+        raise EvalError("nothing to evaluate: give --data with pairs of the packages' principles, --store, or --human")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+    figures = write_figures(result, out)
+    report = write_markdown(result, out, figures)
+    echo(f"report: {report}")
+    return result
