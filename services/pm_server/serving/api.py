@@ -19,7 +19,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from morlaif import __version__
-from morlaif.errors import MorlaifError, ScalarizeError
+from morlaif.errors import MorlaifError
 from morlaif.protocol import (
     AdapterAction,
     ClassifyRequest,
@@ -44,10 +44,9 @@ from morlaif.protocol import (
 )
 from morlaif.scalarize import SCALARIZERS
 from pm_server.model.base import BaseModel
-from pm_server.model.package import PackageError
 from pm_server.serving import console
 from pm_server.serving.config import ServerSettings
-from pm_server.serving.errors import Overloaded, ServiceError
+from pm_server.serving.errors import ClientGone, TooLarge, Unauthorized, as_service_error, error_response
 from pm_server.serving.service import ScoringService
 
 __all__ = ["create_app"]
@@ -57,22 +56,6 @@ logger = logging.getLogger(__name__)
 _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": ErrorResponse} for s in (400, 401, 403, 404, 409, 413, 422, 429, 503)
 }
-
-
-def _error(
-    status: int,
-    message: str,
-    *,
-    type_: str,
-    code: str,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> JSONResponse:
-    # an error never fails to encode: text the client sent with lone surrogates is escaped, not echoed raw
-    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
-    param = None if param is None else param.encode("utf-8", "backslashreplace").decode("utf-8")
-    body = {"error": {"message": message, "type": type_, "code": code, "param": param}}
-    return JSONResponse(body, status_code=status, headers=headers)
 
 
 class BodyLimit:
@@ -118,12 +101,7 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        resp = _error(
-            413,
-            f"request body exceeds {self.limit} bytes",
-            type_="invalid_request_error",
-            code="request_too_large",
-        )
+        resp = TooLarge(f"request body exceeds {self.limit} bytes").response()
         await resp(scope, receive, send)
 
 
@@ -137,14 +115,10 @@ async def _unless_disconnected(request: Request, work: Awaitable[Any], poll_s: f
                 return task.result()
             if await request.is_disconnected():
                 task.cancel()
-                raise ClientGone
+                raise ClientGone()
     finally:
         if not task.done():
             task.cancel()
-
-
-class ClientGone(Exception):
-    """The client disconnected before its answer was ready; nobody is left to answer."""
 
 
 def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> FastAPI:
@@ -202,24 +176,19 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
                 ok |= hmac.compare_digest(token.encode(), key.get_secret_value().encode())
         return ok
 
-    class AuthError(ServiceError):
-        status = 401
-        type = "authentication_error"
-        code = "invalid_api_key"
-
     def require_key(request: Request) -> None:
         if settings.insecure_dev and settings.api_key is None:
             return
         if settings.trusted_networks and settings.trusts(request.client.host if request.client else None):
             return  # an operator-trusted network (for trainers that cannot send a key); admin routes stay keyed
         if not _key_matches(request, settings.api_key, settings.admin_key):
-            raise AuthError("missing or invalid API key (Authorization: Bearer <key>)")
+            raise Unauthorized("missing or invalid API key (Authorization: Bearer <key>)")
 
     def require_admin(request: Request) -> None:
         if settings.insecure_dev and settings.admin_key is None:
             return
         if not _key_matches(request, settings.admin_key):
-            raise AuthError(
+            raise Unauthorized(
                 "admin endpoints need the admin key (Authorization: Bearer <admin key>)",
                 code="invalid_admin_key",
             )
@@ -234,21 +203,9 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
     # ---------------------------------------------------------------------------------------- errors
     @app.exception_handler(MorlaifError)
     async def _morlaif_error(request: Request, e: MorlaifError) -> JSONResponse:
-        if isinstance(e, ServiceError):
-            status, type_, code = e.status, e.type, e.code
-        elif isinstance(e, PackageError):
-            status, code = e.status, e.code
-            type_ = "not_found_error" if status == 404 else "invalid_request_error"
-        elif isinstance(e, ScalarizeError):
-            status, type_, code = 400, "invalid_request_error", "invalid_scalarizer"
-        else:
-            status, type_, code = 400, "invalid_request_error", "invalid_request"
-        service.metrics.failures.labels(reason=code).inc()
-        headers = None
-        if isinstance(e, Overloaded):
-            headers = {"Retry-After": str(max(1, round(e.retry_after_s)))}
-        message = f"{e.field}: {e.message}" if e.field else e.message
-        return _error(status, message, type_=type_, code=code, param=e.field, headers=headers)
+        error = as_service_error(e)
+        service.metrics.failures.labels(reason=error.code).inc()
+        return error.response()
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, e: RequestValidationError) -> JSONResponse:
@@ -256,37 +213,24 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
         param = error_field(first)
         if first.get("type") == "json_invalid":
             service.metrics.failures.labels(reason="malformed_json").inc()
-            return _error(
-                400,
-                f"malformed JSON body: {first.get('msg')}",
-                type_="invalid_request_error",
-                code="malformed_json",
+            return error_response(
+                400, f"malformed JSON body: {first.get('msg')}", type="invalid_request_error", code="malformed_json"
             )
         service.metrics.failures.labels(reason="invalid_request").inc()
         msg = str(first.get("msg", "invalid value")).removeprefix("Value error, ")
-        return _error(
-            422,
-            f"{param}: {msg}" if param else msg,
-            type_="invalid_request_error",
-            code="invalid_request",
-            param=param,
-        )
+        message = f"{param}: {msg}" if param else msg
+        return error_response(422, message, type="invalid_request_error", code="invalid_request", param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, e: StarletteHTTPException) -> JSONResponse:
         type_ = "not_found_error" if e.status_code == 404 else "invalid_request_error"
-        return _error(e.status_code, str(e.detail), type_=type_, code=f"http_{e.status_code}")
-
-    @app.exception_handler(ClientGone)
-    async def _client_gone(request: Request, e: ClientGone) -> JSONResponse:
-        service.metrics.failures.labels(reason="client_gone").inc()
-        return _error(499, "client closed the request", type_="invalid_request_error", code="client_gone")
+        return error_response(e.status_code, str(e.detail), type=type_, code=f"http_{e.status_code}")
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, e: Exception) -> JSONResponse:
         logger.error("unhandled error on %s %s: %s", request.method, request.url.path, type(e).__name__, exc_info=e)
         service.metrics.failures.labels(reason="internal").inc()
-        return _error(500, "internal error; the server log has details", type_="server_error", code="internal")
+        return error_response(500, "internal error; the server log has details", type="server_error", code="internal")
 
     def timed(endpoint: str) -> Callable[[Callable[..., Awaitable[Any]]], Callable[..., Awaitable[Any]]]:
         hist = service.metrics.request_latency.labels(endpoint=endpoint)
@@ -405,14 +349,14 @@ def create_app(settings: ServerSettings, *, base: BaseModel | None = None) -> Fa
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
         if load_error:
-            return _error(503, f"start-up failed: {load_error[0]}", type_="server_error", code="start_failed")
+            return error_response(503, f"start-up failed: {load_error[0]}", type="server_error", code="start_failed")
         return JSONResponse({"status": "ok"})
 
     @app.get("/readyz", tags=["health"])
     async def readyz(svc: Service) -> JSONResponse:
         if not svc.ready:
             why = f"start-up failed: {load_error[0]}" if load_error else "loading the base model and adapters"
-            return _error(503, why, type_="server_error", code="not_ready")
+            return error_response(503, why, type="server_error", code="not_ready")
         return JSONResponse({"status": "ready", "principles": svc.registry.names()})
 
     @app.get(
