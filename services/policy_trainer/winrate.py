@@ -139,23 +139,25 @@ class PromptSource:
 
 def run_folder(policy: str) -> Path | None:
     """The `morlaif ppo train` folder a policy path belongs to (it or its parent holds config.yaml)."""
+    from morlaif.run_folder import RunFolder
+
     p = Path(policy)
     for cand in (p, p.parent):
-        if (cand / "config.yaml").is_file() and (cand / "metrics.jsonl").exists():
+        run = RunFolder(cand)
+        if run.config_path.is_file() and run.metrics_path.exists():
             return cand
     return None
 
 
 def prompt_source(policy: str, *, prompts: str | None, eval_fraction: float | None, salt: str | None) -> PromptSource:
     """The run's data settings (so the prompts are the ones it never trained on), overridden where given."""
-    import yaml
-
+    from morlaif.run_folder import RunFolder
     from policy_trainer.config import DataConfig
 
     data = DataConfig()
     run = run_folder(policy)
     if run is not None:
-        saved = (yaml.safe_load((run / "config.yaml").read_text()) or {}).get("data", {})
+        saved = (RunFolder(run).read_config() or {}).get("data", {})
         data = DataConfig(**{k: v for k, v in saved.items() if k in DataConfig.__dataclass_fields__})
     return PromptSource(
         prompts=prompts or data.prompts,
@@ -169,10 +171,10 @@ def baseline_of(policy: str) -> str:
     """The model a trained policy started from (its manifest's base); an error for a plain model."""
     import json
 
-    from policy_trainer.train import POLICY_MANIFEST
+    from morlaif.run_folder import POLICY, POLICY_MANIFEST
 
     p = Path(policy)
-    for cand in (p / "policy" / POLICY_MANIFEST, p / POLICY_MANIFEST):
+    for cand in (p / POLICY / POLICY_MANIFEST, p / POLICY_MANIFEST):
         if cand.is_file():
             return str(json.loads(cand.read_text())["base"])
     raise WinRateError(f"{policy} is not a `morlaif ppo train` run or policy: give --baseline")

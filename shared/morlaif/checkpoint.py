@@ -28,12 +28,12 @@ import random
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors.torch import load_file, save_file
+from typing import TYPE_CHECKING, Any
 
 from morlaif.errors import MorlaifError
+
+if TYPE_CHECKING:  # torch is imported where a checkpoint is read or written: a run folder's reader needs none
+    import torch
 
 __all__ = [
     "META",
@@ -75,6 +75,9 @@ class Checkpoint:
         (JSON, left out when None) as the new checkpoint, replacing the previous one atomically.
 
         Raises OSError when the disk refuses; the previous checkpoint is then still in place."""
+        import torch
+        from safetensors.torch import save_file
+
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
         save_file({n: t.detach().cpu().contiguous() for n, t in weights.items()}, str(self.tmp / WEIGHTS))
@@ -105,7 +108,7 @@ class Checkpoint:
         f = self._folder() / WEIGHTS
         if not f.is_file():
             raise CheckpointError(f"{f}: no such checkpoint file")
-        return load_file(str(f))
+        return load_tensors(f)
 
     def read_state(self, map_location: str | torch.device | None = None) -> dict[str, Any]:
         """The state blob, loaded with ``weights_only=True`` (tensors on `map_location`, default: where they
@@ -113,6 +116,8 @@ class Checkpoint:
         f = self._folder() / STATE
         if not f.is_file():
             raise CheckpointError(f"{f}: no such checkpoint file")
+        import torch
+
         return torch.load(f, map_location=map_location, weights_only=True)
 
     def read_meta(self) -> dict[str, Any] | None:
@@ -137,6 +142,8 @@ class Checkpoint:
 def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path) -> None:
     """Write `tensors` (name -> tensor; moved to CPU, contiguous) to the safetensors file `path` atomically
     (a temporary file beside it, then renamed over it)."""
+    from safetensors.torch import save_file
+
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({n: t.detach().cpu().contiguous() for n, t in tensors.items()}, str(tmp))
@@ -145,6 +152,8 @@ def save_tensors(tensors: Mapping[str, torch.Tensor], path: str | Path) -> None:
 
 def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     """The tensors of the safetensors file `path`, on the CPU."""
+    from safetensors.torch import load_file
+
     return load_file(str(path))
 
 
@@ -152,6 +161,8 @@ def load_tensors(path: str | Path) -> dict[str, torch.Tensor]:
 def rng_state() -> dict[str, Any]:
     """The states of the generators a training step consumes: ``torch`` (CPU), ``python`` (`random`) and, when
     CUDA is available, ``cuda`` (one per device). Tensors and tuples only: it fits a ``weights_only`` blob."""
+    import torch
+
     out: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
@@ -161,6 +172,8 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: Mapping[str, Any]) -> None:
     """Restore what `rng_state` captured. Also reads the older form of PM training checkpoints, whose CPU state
     is under ``cpu`` and which has no ``python``; a ``cuda`` state is skipped on a machine without CUDA."""
+    import torch
+
     torch.set_rng_state(state["torch"] if "torch" in state else state["cpu"])
     if "python" in state:
         random.setstate(state["python"])

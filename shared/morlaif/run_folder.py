@@ -124,15 +124,9 @@ class RunFolder:
             line = data.decode("utf-8", "replace")
             if not line.strip():
                 continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                log.bad.append((n, f"invalid JSON: {e.msg}"))
-                continue
-            if not isinstance(row, dict):
-                log.bad.append((n, f"expected a JSON object, got {type(row).__name__}"))
-            elif isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
-                log.bad.append((n, 'no integer "step"'))
+            row = _step_row(line)
+            if isinstance(row, str):
+                log.bad.append((n, row))
             else:
                 log.rows.append(row)
         return log
@@ -144,11 +138,9 @@ class RunFolder:
             return
         keep = []
         for line in self.metrics_path.read_text().splitlines():
-            try:
-                if json.loads(line)["step"] <= steps_done:
-                    keep.append(line)
-            except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a torn last line
+            row = _step_row(line)
+            if not isinstance(row, str) and row["step"] <= steps_done:
+                keep.append(line)
         self.metrics_path.write_text("".join(f"{x}\n" for x in keep))
 
     # ----------------------------------------------------------------------------------------- policy
@@ -156,6 +148,19 @@ class RunFolder:
         """policy/morlaif_policy.json, or None when the run has not written its policy (yet)."""
         f = self.policy_path / POLICY_MANIFEST
         return json.loads(f.read_text()) if f.is_file() else None
+
+
+def _step_row(line: str) -> dict[str, Any] | str:
+    """The row of a metrics line, or what is wrong with it."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        return f"invalid JSON: {e.msg}"
+    if not isinstance(row, dict):
+        return f"expected a JSON object, got {type(row).__name__}"
+    if isinstance(row.get("step"), bool) or not isinstance(row.get("step"), int):
+        return 'no integer "step"'
+    return row
 
 
 def find_runs(root: str | Path, name: re.Pattern[str] = RUN_NAME) -> dict[str, RunFolder]:
