@@ -80,7 +80,7 @@ def policy_query_parser(tokenizer_id: str, template: str = "auto") -> QueryParse
     ends += [t for t in specials if any(k in t.lower() for k in ("end", "eot", "eos", "pad", "eom"))]
     if template == "auto" and getattr(tok, "chat_template", None):
         probe = [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a"}]
-        rendered = tok.apply_chat_template(probe, tokenize=False)
+        rendered = str(tok.apply_chat_template(probe, tokenize=False))  # tokenize=False: the text
         found = detect_template(rendered)
         if found is None:
             raise ValueError(
