@@ -2,9 +2,9 @@
 
 One `PPOTrainer.step(prompts)` runs the loop of Ziegler et al. in numbered phases:
 1. generate a response per prompt; 2. score (prompt, response) on the PM server, every reward of the batch
-from the same adapter versions; 3. per-token log-probabilities, values and the reference's log-probabilities;
-4. rewards = scalarized score at the last token - beta * KL per token, then GAE; 5. PPO epochs over
-minibatches with clipped policy and value losses; 6. the adaptive KL controller.
+from the same adapter versions (`morlaif.pinned.PinnedScorer`); 3. per-token log-probabilities, values and
+the reference's log-probabilities; 4. rewards = scalarized score at the last token - beta * KL per token, then
+GAE; 5. PPO epochs over minibatches with clipped policy and value losses; 6. the adaptive KL controller.
 
 With LoRA the reference model is the policy with its adapters disabled: one copy of the weights in memory.
 
@@ -31,7 +31,8 @@ from torch import nn
 from morlaif.checkpoint import rng_state, set_rng_state  # re-exported: the RNG capture a checkpoint holds
 from morlaif.client import MorlaifClient
 from morlaif.distributed import Distributed
-from morlaif.errors import APIStatusError, ClientError
+from morlaif.errors import ClientError
+from morlaif.pinned import PinnedScorer
 from policy_trainer.config import GenerationConfig, PPOConfig, RewardConfig
 from policy_trainer.ppo_core import (
     AdaptiveKLController,
@@ -158,11 +159,21 @@ class PPOTrainer:
             else FixedKLController(kl_coef=config.init_kl_coef)
         )
         self.reward_moments = RunningMoments()
-        self.pinned_versions: dict[str, str] | None = None
+        self.scorer = PinnedScorer(client, logger=logger)  # pinned once the ranks agree (`_score`)
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         tokenizer.padding_side = "left"
         tokenizer.truncation_side = "left"  # a long prompt keeps its end, where the question is
+
+    @property
+    def pinned_versions(self) -> dict[str, str] | None:
+        """The adapter versions (principle -> version) every reward of the next step must come from; None when
+        any will do. Saved in checkpoints, so a resumed run keeps its pin."""
+        return self.scorer.versions
+
+    @pinned_versions.setter
+    def pinned_versions(self, versions: dict[str, str] | None) -> None:
+        self.scorer.versions = None if versions is None else dict(versions)
 
     @property
     def device(self) -> torch.device:
@@ -208,16 +219,11 @@ class PPOTrainer:
         return prompt_ids, prompt_mask, responses, mask, texts
 
     def _score_once(self, prompts: list[str], texts: list[str]) -> Any:
-        """This rank's scores, on the pinned adapter versions (rescored on the new ones if they changed)."""
+        """This rank's scores, on the pinned adapter versions (rescored on the new ones if they changed); the
+        answer's versions are pinned by `_score` once every rank has the same."""
         r = self.reward
         kwargs = dict(principles=r.principles, scalarizer=r.scalarizer, weights=r.weights, params=r.params or None)
-        try:
-            return self.client.score(prompts, texts, expected_versions=self.pinned_versions, **kwargs)
-        except APIStatusError as e:
-            if e.status_code != 409:
-                raise
-            logger.warning("the PM server's adapter versions changed (%s); rescoring the batch on the new ones", e)
-            return self.client.score(prompts, texts, **kwargs)
+        return self.scorer.score(prompts, texts, pin=False, **kwargs)
 
     def _score(self, prompts: list[str], texts: list[str]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
         """Scalarized rewards (b,) and per-principle scores (b, P) of this rank's shard, and the principles.
@@ -243,12 +249,10 @@ class PPOTrainer:
             if all(v == seen[0] for v in seen):
                 break
             logger.warning("the processes scored on different adapter versions (%s); rescoring", seen)
-            self.pinned_versions = None
+            self.scorer.unpin()
         else:
             raise PeerRewardError("the processes could not score on one set of adapter versions in three tries")
-        if self.pinned_versions != res.versions:
-            logger.info("rewards pinned to adapter versions %s", res.versions)
-            self.pinned_versions = dict(res.versions)
+        self.scorer.pin(res.versions)
         rewards = [x.reward for x in res.results]
         if any(x is None for x in rewards):  # the client guarantees this; a reward is never silently missing
             raise RuntimeError("the PM server returned an item without a reward")

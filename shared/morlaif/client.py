@@ -38,6 +38,7 @@ from pydantic import BaseModel, ValidationError
 
 from morlaif import envvars
 from morlaif.errors import APIStatusError, InvalidInputError, RetriesExhaustedError
+from morlaif.pinned import AsyncPinnedScorer, PinnedScorer
 from morlaif.protocol import (
     AdapterAction,
     CompareRequest,
@@ -685,9 +686,9 @@ class RemoteReward:
     or non-finite one (the client retries, then raises). A conversation is scored as the conversation
     ``prompt + completion`` (system and earlier turns, content parts, tool calls), exactly as ``/v1/score``
     scores it given as ``messages``. A batch larger than the server's limits is split; all its parts, and with
-    ``pin_versions`` later calls too, are scored on one set of adapter versions; when the server's adapters
-    change, the batch is rescored on the new ones and the change is logged. Each principle's mean score goes
-    to TRL's logs through its ``log_metric`` hook (``morlaif/<principle>``).
+    ``pin_versions`` later calls too, are scored on one set of adapter versions (`morlaif.pinned`); when the
+    server's adapters change, the batch is rescored on the new ones and the change is logged. `versions` is the
+    pin. Each principle's mean score goes to TRL's logs through its ``log_metric`` hook (``morlaif/<principle>``).
 
     Works unchanged in every TRL: `inspect.iscoroutinefunction` is True for an instance (TRL before 1.16 checks
     the instance, 1.16 its ``__call__``), it pickles before and after its first call (TRL's async GRPO pickles
@@ -727,7 +728,7 @@ class RemoteReward:
         if weights_file is not None:
             if weights is not None:
                 raise ValueError("give weights or weights_file, not both")
-            spec = ScalarizerSpec.from_file(weights_file)
+            spec = ScalarizerSpec.from_file(os.fspath(weights_file))
             scalarizer, weights, params = spec.name, spec.weights, dict(spec.params)
         if api_key is None and api_key_env:
             api_key = os.environ.get(api_key_env) or None
@@ -735,13 +736,36 @@ class RemoteReward:
         self.principles = list(principles) if principles is not None else None
         self.scalarizer, self.weights, self.params = scalarizer, dict(weights) if weights else None, dict(params or {})
         self.normalize, self.pin_versions = normalize, pin_versions
-        self.versions: dict[str, str] | None = None
         self.__name__ = name or self._default_name()  # TRL names the reward column after it
         self.__qualname__ = self.__name__
         self.__annotations__: dict[str, Any] = {}
-        self._client_args = {"api_key": api_key, "timeout": timeout, "retry": retry}
-        self._client: Any = None
+        self._client_args: dict[str, Any] = {"api_key": api_key, "timeout": timeout, "retry": retry}
+        # the pinned scorer on a connection pool, made at the first call (and again on another event loop)
+        self._scorer: Any = None
         self._client_loop: asyncio.AbstractEventLoop | None = None
+        self._versions: dict[str, str] | None = None  # the pin while no scorer holds it
+
+    @property
+    def versions(self) -> dict[str, str] | None:
+        """The adapter versions (principle -> version) the next batch is scored on; None before the first batch
+        and with ``pin_versions=False``."""
+        return self._scorer.versions if self._scorer is not None else self._versions
+
+    @versions.setter
+    def versions(self, versions: Mapping[str, str] | None) -> None:
+        self._versions = None if versions is None else dict(versions)
+        if self._scorer is not None:
+            self._scorer.versions = self._versions
+
+    def _pinned_scorer(self, client: Any) -> Any:
+        """A pinned scorer on `client` that carries the pin on (a new pool keeps the versions of the old)."""
+        scorer = PinnedScorer if isinstance(client, MorlaifClient) else AsyncPinnedScorer
+        return scorer(client, versions=self.versions, pin=self.pin_versions, logger=logger)
+
+    def _drop_scorer(self) -> Any:
+        """The scorer's client, for closing; the pin stays."""
+        scorer, self._versions, self._scorer = self._scorer, self.versions, None
+        return scorer.client
 
     def _default_name(self) -> str:
         config = {"principles": self.principles, "weights": self.weights, "params": self.params}
@@ -755,12 +779,11 @@ class RemoteReward:
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
-        state["_client"] = state["_client_loop"] = None  # a connection pool does not travel: the copy makes its own
+        state["_versions"] = self.versions
+        state["_scorer"] = state["_client_loop"] = None  # a connection pool does not travel: the copy makes its own
         return state
 
-    def _request(
-        self, prompts: Sequence[Any], completions: Sequence[Any], versions: dict[str, str] | None
-    ) -> ScoreRequest:
+    def _request(self, prompts: Sequence[Any], completions: Sequence[Any]) -> ScoreRequest:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
         return _score_request(
@@ -770,14 +793,8 @@ class RemoteReward:
             weights=self.weights,
             params=self.params,
             normalize=self.normalize,
-            expected_versions=versions,
+            expected_versions=None,  # the pinned scorer's
         )
-
-    def _pin(self, res: ScoreResponse) -> ScoreResponse:
-        if self.pin_versions and self.versions != res.versions:
-            logger.info("rewards pinned to adapter versions %s", res.versions)
-            self.versions = dict(res.versions)
-        return res
 
     def _log(self, res: ScoreResponse, kwargs: Mapping[str, Any]) -> None:
         log_metric = kwargs.get("log_metric")
@@ -788,16 +805,10 @@ class RemoteReward:
     async def score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> ScoreResponse:
         """The server's full answer (per-principle scores and rewards) for one batch, on pinned versions."""
         loop = asyncio.get_running_loop()
-        if self._client is None or self._client_loop is not loop:  # one pool per event loop, reused on it
-            self._client, self._client_loop = AsyncMorlaifClient(self.base_url, **self._client_args), loop
-        try:
-            res = await self._client.score_request(self._request(prompts, completions, self.versions))
-        except APIStatusError as e:
-            if e.status_code != 409 or not self.versions:
-                raise
-            logger.warning("the PM server's adapter versions changed (%s); rescoring the batch on the new ones", e)
-            res = await self._client.score_request(self._request(prompts, completions, None))
-        return self._pin(res)
+        if self._scorer is None or self._client_loop is not loop:  # one pool per event loop, reused on it
+            client = AsyncMorlaifClient(self.base_url, **self._client_args)
+            self._scorer, self._client_loop = self._pinned_scorer(client), loop
+        return await self._scorer.score_request(self._request(prompts, completions))
 
     async def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
         res = await self.score(prompts, completions)
@@ -807,9 +818,8 @@ class RemoteReward:
 
     async def aclose(self) -> None:
         """Close the pooled connections (call on the loop that ran the reward function)."""
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
+        if self._scorer is not None:
+            await self._drop_scorer().aclose()
 
 
 class SyncRemoteReward(RemoteReward):
@@ -820,16 +830,9 @@ class SyncRemoteReward(RemoteReward):
 
     def score(self, prompts: Sequence[Any], completions: Sequence[Any]) -> ScoreResponse:  # type: ignore[override]
         """The server's full answer for one batch, on pinned versions (blocking)."""
-        if self._client is None:
-            self._client = MorlaifClient(self.base_url, **self._client_args)
-        try:
-            res = self._client.score_request(self._request(prompts, completions, self.versions))
-        except APIStatusError as e:
-            if e.status_code != 409 or not self.versions:
-                raise
-            logger.warning("the PM server's adapter versions changed (%s); rescoring the batch on the new ones", e)
-            res = self._client.score_request(self._request(prompts, completions, None))
-        return self._pin(res)
+        if self._scorer is None:
+            self._scorer = self._pinned_scorer(MorlaifClient(self.base_url, **self._client_args))
+        return self._scorer.score_request(self._request(prompts, completions))
 
     def __call__(  # type: ignore[override]
         self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any
@@ -840,9 +843,8 @@ class SyncRemoteReward(RemoteReward):
         return rewards
 
     def close(self) -> None:
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+        if self._scorer is not None:
+            self._drop_scorer().close()
 
 
 def make_trl_reward_func(base_url: str, **kwargs: Any) -> RemoteReward:

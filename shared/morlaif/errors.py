@@ -1,7 +1,8 @@
 """The exception tree of the shared library.
 
 Every error names the field it is about when there is one, so that the server can answer
-`{"error": {"message", "type", "code"}}` with the field in the message and the CLI can point at the input.
+`{"error": {"message", "type", "code", "param"}}` with the field in `param` and the message, and the CLI can
+point at the input.
 """
 
 from __future__ import annotations
@@ -35,8 +36,12 @@ class InvalidInputError(ClientError, ValueError):
 
 
 class APIStatusError(ClientError):
-    """The server answered with a 4xx or 5xx that retrying will not (or did not) fix; `param` is the request
-    field the server named (or None)."""
+    """The server answered with a 4xx or 5xx that retrying will not (or did not) fix.
+
+    The fields of the server's `morlaif.protocol.ErrorDetail`: `message`, `error_type` (its ``type``), `code`
+    and `param`, the request field the error is about (``items[0].response``) or None. ``str()`` names `param`
+    when the message does not already.
+    """
 
     def __init__(
         self, message: str, *, status_code: int, error_type: str = "", code: str = "", param: str | None = None
@@ -48,7 +53,8 @@ class APIStatusError(ClientError):
         self.param = param
 
     def __str__(self) -> str:
-        return f"HTTP {self.status_code} ({self.error_type or 'error'}): {self.message}"
+        where = f" (param: {self.param})" if self.param and self.param not in self.message else ""
+        return f"HTTP {self.status_code} ({self.error_type or 'error'}): {self.message}{where}"
 
 
 class RetriesExhaustedError(ClientError):

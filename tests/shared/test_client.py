@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 import pytest
@@ -11,6 +12,8 @@ from fastapi.responses import JSONResponse
 
 from morlaif.client import AsyncMorlaifClient, MorlaifClient, RemoteReward, RetryPolicy, make_trl_reward_func
 from morlaif.errors import APIStatusError, RetriesExhaustedError
+from morlaif.pinned import PinnedScorer
+from morlaif.protocol import ScoreResponse
 
 FAST = RetryPolicy(max_retries=3, backoff_s=0.01, max_backoff_s=0.05)
 
@@ -163,3 +166,77 @@ def test_remote_reward_pins_versions_and_rescores_when_they_change(live_server, 
     # first unpinned, then pinned to v1 (409), rescored unpinned on v2, then pinned to v2
     assert seen == [None, {"helpfulness": "v1"}, None, {"helpfulness": "v2"}]
     assert reward.versions == {"helpfulness": "v2"}
+
+
+def test_the_error_keeps_the_field_the_server_named(live_server):
+    """A 422 keeps the error body's `param` on the exception and, when the message does not name it, in str()."""
+    app = FastAPI()
+
+    @app.post("/v1/score")
+    async def score() -> JSONResponse:
+        err = {"message": "is not a string", "type": "invalid_request_error", "code": "invalid_request",
+               "param": "items[0].response"}  # fmt: skip
+        return JSONResponse({"error": err}, status_code=422)
+
+    srv = live_server(app).start(ready_path=None)
+    with MorlaifClient(srv.url, retry=FAST) as c, pytest.raises(APIStatusError) as e:
+        c.rewards(["p"], ["a"])
+    assert e.value.status_code == 422 and e.value.param == "items[0].response" and e.value.code == "invalid_request"
+    assert str(e.value) == "HTTP 422 (invalid_request_error): is not a string (param: items[0].response)"
+
+
+def test_the_pm_servers_errors_name_the_field(live_server, tiny_encoder_dir, tmp_path):
+    """The PM server's own 4xx through the client: `param` names the field, which str() does not repeat."""
+    from pm_server.serving.api import create_app
+    from pm_server.serving.config import ServerSettings
+
+    rules = tmp_path / "rules.json"
+    rules.write_text('[{"name": "says_good", "kind": "regex", "pattern": "good"}]')
+    settings = ServerSettings(
+        base_model=str(tiny_encoder_dir), adapter_root=tmp_path / "none", rules_file=rules, insecure_dev=True
+    )
+    srv = live_server(create_app(settings)).start()
+    with MorlaifClient(srv.url, retry=FAST) as c:
+        with pytest.raises(APIStatusError) as e:  # longer than the server's max_text_chars
+            c.rewards(["p"], ["r" * (settings.max_text_chars + 1)])
+        assert e.value.status_code == 400 and e.value.param == "items[0].response"
+        assert str(e.value).count("items[0].response") == 1
+        with pytest.raises(APIStatusError) as e:  # a body the client's own models would refuse: the server's 422
+            c._request_json("POST", "/v1/score", ScoreResponse, {"items": [{"prompt": "p"}]})
+        assert e.value.status_code == 422 and e.value.param == "items.0" and "(param:" not in str(e.value)
+
+
+def test_pinned_scorer_pins_rescores_and_leaves_the_pin_to_the_caller(live_server, caplog):
+    """`PinnedScorer`, the contract PPOTrainer and RemoteReward share: pin, rescore on the 409 of a swap, log both."""
+    app = FastAPI()
+    state = {"version": "v1"}
+    seen: list[dict | None] = []
+
+    @app.post("/v1/score")
+    async def score(request: Request) -> JSONResponse:
+        body = await request.json()
+        seen.append(body.get("expected_versions"))
+        if body.get("expected_versions", {"h": state["version"]})["h"] != state["version"]:
+            err = {"message": "swapped", "type": "conflict_error", "code": "version_not_loaded"}
+            return JSONResponse({"error": err}, status_code=409)
+        return JSONResponse({**ok_body(len(body["items"])), "versions": {"h": state["version"]}})
+
+    srv = live_server(app).start(ready_path=None)
+    log = logging.getLogger("a_trainer")
+    with MorlaifClient(srv.url, retry=FAST) as c, caplog.at_level(logging.INFO, logger="a_trainer"):
+        scorer = PinnedScorer(c, logger=log)
+        assert scorer.score(["p"], ["a"], pin=False).versions == {"h": "v1"} and scorer.versions is None
+        scorer.score(["p"], ["a"])
+        assert scorer.versions == {"h": "v1"}
+        state["version"] = "v2"
+        assert scorer.score(["p"], ["a"], pin=False).versions == {"h": "v2"} and scorer.versions == {"h": "v1"}
+        scorer.pin({"h": "v2"})
+        scorer.score(["p"], ["a"])
+        scorer.unpin()
+        assert scorer.versions is None
+    assert seen == [None, None, {"h": "v1"}, None, {"h": "v2"}]
+    assert [(r.name, r.levelname) for r in caplog.records] == [
+        ("a_trainer", "INFO"), ("a_trainer", "WARNING"), ("a_trainer", "INFO")
+    ]  # fmt: skip
+    assert caplog.records[0].getMessage() == "rewards pinned to adapter versions {'h': 'v1'}"
+    assert "adapter versions changed" in caplog.records[1].getMessage() and "swapped" in caplog.records[1].getMessage()
