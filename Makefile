@@ -47,6 +47,7 @@ tools:
 
 test: $(STAMP) tools
 	$(PY) -m ruff check shared services apps tests benchmarks examples scripts
+	$(PY) -m mypy
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

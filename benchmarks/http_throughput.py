@@ -30,10 +30,10 @@ import httpx
 from score_throughput import WORDS  # the same vocabulary as the engine benchmark (this folder)
 
 from pm_server.model.base import DTYPES, load_base
+from pm_server.model.engine import Row, ScoringEngine
 from pm_server.model.template import TemplateEncoder
 from pm_server.serving.batcher import Batcher
 from pm_server.serving.config import ServerSettings
-from pm_server.serving.engine import Row, ScoringEngine
 from rigs.pm_packages import make_random_package
 
 PRINCIPLES = ["helpfulness", "harmlessness", "factuality", "sycophancy", "toxicity", "empathy", "relevance"]

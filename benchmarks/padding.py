@@ -25,10 +25,10 @@ import _rigs_path  # noqa: F401  (tests/ on sys.path: the rigs)
 from morlaif.jsonl import iter_objects
 from morlaif.store.importers import split_hh
 from pm_server.model.base import load_base
+from pm_server.model.engine import Row, ScoringEngine
 from pm_server.model.template import TemplateEncoder
 from pm_server.serving.batcher import Batcher
 from pm_server.serving.config import ServerSettings
-from pm_server.serving.engine import Row, ScoringEngine
 from rigs.pm_packages import make_random_package
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf" / "harmless-base-dev.jsonl.gz"

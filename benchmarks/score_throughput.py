@@ -40,9 +40,9 @@ from peft import PeftModel
 
 from morlaif.principles import DEFAULT_CONSTITUTION
 from pm_server.model.base import load_base
+from pm_server.model.engine import Row, ScoringEngine
 from pm_server.model.template import InputTemplate, TemplateEncoder
 from pm_server.serving.batcher import Batcher
-from pm_server.serving.engine import Row, ScoringEngine
 from rigs.pm_packages import make_random_package
 
 WORDS = [

@@ -399,8 +399,8 @@ def test_decoder_group_shares_its_prompt_over_http(live_server, tiny_decoder_dir
 
 
 def test_each_package_uses_its_own_template(live_server, tiny_encoder_dir, encoder_base, tmp_path):
+    from pm_server.model.engine import Row, ScoringEngine
     from pm_server.model.template import InputTemplate, TemplateEncoder
-    from pm_server.serving.engine import Row, ScoringEngine
     from rigs.pm_packages import make_random_package
 
     short = InputTemplate(kind="pair", max_length=16)

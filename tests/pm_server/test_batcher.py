@@ -7,9 +7,9 @@ import random
 import pytest
 
 from pm_server.model.base import load_base
+from pm_server.model.engine import Row, ScoringEngine
 from pm_server.model.template import TemplateEncoder
 from pm_server.serving.batcher import Batcher
-from pm_server.serving.engine import Row, ScoringEngine
 from pm_server.serving.errors import Overloaded, TooLarge
 
 

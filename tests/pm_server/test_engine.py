@@ -11,9 +11,9 @@ import torch
 from peft import PeftModel
 
 from pm_server.model.base import load_base
+from pm_server.model.engine import BASE_ADAPTER, Row, ScoringEngine, collate
 from pm_server.model.package import PackageError, check_package, find_packages, resolve_package_dir
 from pm_server.model.template import InputTemplate, TemplateEncoder
-from pm_server.serving.engine import BASE_ADAPTER, Row, ScoringEngine, collate
 from rigs.pm_packages import make_random_package
 
 PROMPTS = [

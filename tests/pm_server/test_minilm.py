@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pm_server.model.base import load_base
+from pm_server.model.engine import Row, ScoringEngine
 from pm_server.model.template import TemplateEncoder
-from pm_server.serving.engine import Row, ScoringEngine
 from rigs.pm_packages import make_random_package
 
 

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from morlaif.protocol import AdapterAction, LoadAdapterRequest, PrincipleInfo
 from pm_server.model.base import BaseModel, resolve_base_id
+from pm_server.model.engine import BASE_ADAPTER, ScoringEngine
 from pm_server.model.package import (
     MANIFEST,
     PackageError,
@@ -29,7 +30,6 @@ from pm_server.model.package import (
 from pm_server.model.template import InputTemplate
 from pm_server.serving.batcher import Batcher
 from pm_server.serving.config import ServerSettings
-from pm_server.serving.engine import BASE_ADAPTER, ScoringEngine
 from pm_server.serving.errors import NotFound
 from pm_server.serving.metrics import Metrics
 from pm_server.serving.registry import Entry, Registry

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, TypeVar
 
-from pm_server.serving.engine import Row, ScoringEngine
+from pm_server.model.engine import Row, ScoringEngine
 from pm_server.serving.errors import Overloaded, TooLarge
 from pm_server.serving.metrics import Metrics
 
@@ -54,7 +54,7 @@ class _Job:
 
 class _Slot(NamedTuple):
     job: _Job
-    index: int  # row of the job
+    row: int  # row of the job
     length: int
 
 
@@ -335,7 +335,7 @@ class Batcher:
                 self._run(batch)
 
     def _run(self, batch: list[_Slot]) -> None:
-        rows = [p.job.rows[p.index] for p in batch]
+        rows = [p.job.rows[p.row] for p in batch]
         width = max(p.length for p in batch)
         real = sum(p.length for p in batch)
         t0 = time.perf_counter()
@@ -360,7 +360,7 @@ class Batcher:
             job = p.job
             if job.future.done():
                 continue
-            job.results[p.index] = s
+            job.results[p.row] = s
             job.remaining -= 1
             if job.remaining == 0:
                 _settle(job.future, result=job.results)

@@ -44,11 +44,11 @@ from morlaif.protocol import (
 )
 from morlaif.scalarize import scalarize
 from pm_server.model.base import BaseModel, load_base
+from pm_server.model.engine import Row, ScoringEngine
 from pm_server.model.template import Encoded, InputTemplate, TemplateEncoder
 from pm_server.serving.adapters import AdapterManager
 from pm_server.serving.batcher import Batcher
 from pm_server.serving.config import ServerSettings
-from pm_server.serving.engine import Row, ScoringEngine
 from pm_server.serving.errors import InvalidRequest, ModelFailure, NotFound, TooLarge, Unavailable, VersionConflict
 from pm_server.serving.metrics import Metrics
 from pm_server.serving.registry import Entry

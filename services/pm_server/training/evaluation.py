@@ -27,9 +27,9 @@ from morlaif.protocol import ScalarizerSpec
 from morlaif.scalarize import SCALARIZERS, scalarize
 from morlaif.stats import wilson_interval
 from pm_server.model.base import BaseModel
+from pm_server.model.engine import BASE_ADAPTER, Row, ScoringEngine
 from pm_server.model.package import CheckedPackage, check_package, resolve_package_dir
 from pm_server.model.template import InputTemplate, TemplateEncoder
-from pm_server.serving.engine import BASE_ADAPTER, Row, ScoringEngine
 from pm_server.training.pairs import Pair, split_by_prompt
 
 __all__ = [

@@ -50,9 +50,9 @@ from morlaif.runs import StopRequest, defer_stop_signals, git_commit
 from morlaif.runs import progress as progress_bar
 from morlaif.stats import wilson_interval
 from pm_server.model.base import BaseModel, load_base, score_head
+from pm_server.model.engine import collate
 from pm_server.model.package import PackageManifest, save_head_package, save_package
 from pm_server.model.template import Encoded, InputTemplate, TemplateEncoder
-from pm_server.serving.engine import collate
 from pm_server.training.pairs import Pair, split_by_prompt, summarize
 
 __all__ = [

@@ -31,7 +31,7 @@ from peft.tuners.lora.layer import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.other import ModulesToSaveWrapper
 
-from pm_server.serving.readout import Readout, install_readout, readout_kind
+from pm_server.model.readout import Readout, install_readout, readout_kind
 
 __all__ = ["GroupedLoRA"]
 
@@ -207,7 +207,7 @@ class GroupedLoRA:
 
         return hook
 
-    def _install_lora(self, m: LoraLinear) -> None:
+    def _install_lora(self, m: Any) -> None:  # a peft LoraLinear (its parameters read by name)
         present = [a for a in self.names if a in m.lora_A]
         if not present:
             return
@@ -256,7 +256,7 @@ class GroupedLoRA:
 
         self._hook(m, hook)
 
-    def _hook(self, m: torch.nn.Module, fn: Any) -> None:
+    def _hook(self, m: Any, fn: Any) -> None:  # a peft tuner layer
         self._handles.append(m.register_forward_hook(fn))
         m.enable_adapters(False)  # the wrapped module now computes the base output; the hook adds the rest
         self._disabled.append(m)

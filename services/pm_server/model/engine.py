@@ -15,15 +15,15 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 from peft import PeftModel
 
 from pm_server.model.base import BaseModel, score_head
+from pm_server.model.grouped import GroupedLoRA, unsupported_reason
 from pm_server.model.package import HEAD_WEIGHTS
-from pm_server.serving.grouped import GroupedLoRA, unsupported_reason
-from pm_server.serving.readout import Readout
+from pm_server.model.readout import Readout
 
 __all__ = ["Row", "ScoringEngine", "BASE_ADAPTER", "collate"]
 
@@ -95,7 +95,7 @@ class ScoringEngine:
         #: layers the last batch computed once per distinct input (0: none)
         self.last_trunk_layers = 0
         self._grouped: GroupedLoRA | None = None
-        self._model: torch.nn.Module = base.model
+        self._model: Any = base.model  # a transformers model (PEFT-wrapped once adapters load)
         self._peft: PeftModel | None = None
         self._adapters: set[str] = set()
         self._heads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # head-only: name -> (weight, bias)
@@ -144,7 +144,7 @@ class ScoringEngine:
         from safetensors.torch import load_file
 
         t = load_file(str(path / HEAD_WEIGHTS), device=str(self.base.device))
-        own = score_head(self._model)
+        own: Any = score_head(self._model)
         own = getattr(own, "original_module", own)  # PEFT's wrapper keeps the base head there
         want = own.weight.shape[1]
         w = t["weight"]
@@ -325,6 +325,7 @@ class ScoringEngine:
         plan2 = grouped.plan(slots2, [tuple(r.input_ids) for r in rows] if self._share else None)
         everyone1 = torch.arange(len(prompt_rows), device=device)
         everyone2 = torch.arange(len(rows), device=device)
+        layer: Any
         for i, layer in enumerate(cache.layers):
             cache_row = plan1[2] if plan1 is not None and i < plan1[0] else everyone1  # prompt row -> cache row
             seen = plan2[1] if plan2 is not None and i < plan2[0] else everyone2  # rows layer i sees
@@ -339,7 +340,7 @@ class ScoringEngine:
                 input_ids=ids2, attention_mask=mask, position_ids=positions, **{self._cache_kw: cache}, use_cache=True
             )
         self.last_trunk_layers = shared
-        return out.logits  # type: ignore[no-any-return]
+        return out.logits
 
     def _forward_rows(self, rows: Sequence[Row]) -> torch.Tensor:
         device = self.base.device
@@ -362,9 +363,9 @@ class ScoringEngine:
             with self._grouped.routing(slots, self._grouped.plan(slots, keys), readout) as shared:
                 logits = self._model(**kwargs).logits  # (B, 1 + H)
             self.last_trunk_layers = shared
-            return logits  # type: ignore[no-any-return]
+            return logits
         if self._peft is not None:
             kwargs["adapter_names"] = names
         elif any(n != BASE_ADAPTER for n in names):
             raise KeyError("no adapter is loaded")
-        return self._model(**kwargs).logits  # type: ignore[no-any-return]
+        return self._model(**kwargs).logits

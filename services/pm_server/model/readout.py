@@ -102,8 +102,8 @@ def _mask(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 def _attention(module: Any) -> Callable[..., tuple[torch.Tensor, Any]]:
     impl = module.config._attn_implementation
     if impl == "eager" or impl is None:
-        return sys.modules[type(module).__module__].eager_attention_forward  # type: ignore[no-any-return]
-    return ALL_ATTENTION_FUNCTIONS[impl]  # type: ignore[no-any-return]
+        return sys.modules[type(module).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS[impl]
 
 
 def _bert(layer: Any, hidden: torch.Tensor, ro: Readout) -> torch.Tensor:
