@@ -1,6 +1,14 @@
-"""The PM server: one base model, one LoRA adapter + score head per principle, batched scoring over HTTP.
+"""The PM server: one base model, one LoRA adapter + score head per principle, batched scoring over HTTP; and
+the training and evaluation of those preference models.
 
-Layout (after vLLM's): `protocol` lives in `morlaif.protocol`; `api` is the thin FastAPI face;
-`service` validates and assembles answers (no FastAPI import); `batcher` owns the model thread;
-`engine` is torch; `config` the settings; `package`, `template` and `modeling` are shared with training.
+Three rooms (docs/architecture.md walks a request through them):
+
+* `model`: what serving and training share: the base, the input template, adapter packages, the scoring engine.
+* `serving`: the HTTP face (routes, app), the scoring service, adapter management, the batcher.
+* `training`: ``morlaif pm train`` and ``pm eval``: PM training, pairs, evaluation, reports.
+
+`serving` and `training` import `model`, never each other. The thin CLI modules on top:
+
+* `cli`: ``morlaif serve``.
+* `pm_cli`: ``morlaif pm train``, ``pm eval``, ``pm split``.
 """
