@@ -395,10 +395,59 @@ def train_pm(
     `base` may be passed in (tests, benchmarks); it is trained in place, so do not reuse it afterwards.
     `on_step(step, loss)` is called after every optimizer step (on the main process).
     """
+    # 1. the processes, the split by prompt and the run's state: a new run, or the run directory's to resume
+    dist = _distributed(config)
+    train, val = _split(pairs, principle, config)
+    rd = _RunDir(run_dir)
+    state = _open_run(rd, config, train, val, principle=principle, version=version, fresh=fresh)
+    pkg_dir = out_root / principle / state["version"]
+    if pkg_dir.exists():
+        raise TrainError(f"package {pkg_dir} already exists; give another --version")
+    # 2. the base, the encoded pairs, the model for the mode (LoRA, full, head only), its optimizer and schedule
+    torch.manual_seed(config.seed)
+    if base is None:
+        base = _load_base(config, dist)
+    inputs = _encode_pairs(base, config, train, val)
+    model, opt, sched = _build_training(base, config, _steps_per_epoch(len(inputs.train), config) * config.epochs)
+    # 3. resume from the run directory's checkpoint, or begin the run there
+    resumed_from = _resume_or_begin(rd, state, model, opt, sched, dist)
+    # 4. the epochs: steps, validation, early stopping, checkpoints and stop signals
+    loop = _Loop(config, dist, rd, state, model, opt, sched, inputs, on_step)
+    loop.run(f"train {principle}", progress, resumed_from)
+    # 5. the best epoch's weights, calibrated on the validation set, written as a package by the main rank
+    rd.load_best(model)
+    val_loss, val_acc, raw = loop.evaluate()
+    if not dist.is_main:
+        dist.barrier()  # the main rank writes the package
+        return TrainResult(
+            package_dir=pkg_dir, version=state["version"], metrics={}, resumed_from_step=resumed_from, main=False
+        )
+    metrics = _metrics(state, val_loss, val_acc, len(inputs.val), len(inputs.train), loop.seconds())
+    calibration = _calibration(raw)
+    manifest = _manifest(
+        principle, state["version"], base, config, inputs.template, calibration, metrics, train, val, data_sources
+    )
+    pkg_dir = _write_package(model, base, config, pkg_dir, manifest)
+    state["finished"], state["package"] = True, str(pkg_dir)
+    rd.write_state(state)
+    dist.barrier()
+    logger.info("wrote %s (val accuracy %.3f on %d pairs)", pkg_dir, val_acc, len(inputs.val))
+    return TrainResult(
+        package_dir=pkg_dir, version=state["version"], metrics=metrics, history=list(state["history"]),
+        resumed_from_step=resumed_from,
+    )
+
+
+# 1. the processes, the split and the run's state
+def _distributed(config: TrainConfig) -> Distributed:
     try:
-        dist = Distributed.from_env(config.device)
+        return Distributed.from_env(config.device)
     except ValueError as e:
         raise TrainError(f"device: {e}") from None
+
+
+def _split(pairs: Sequence[Pair], principle: str, config: TrainConfig) -> tuple[list[Pair], list[Pair]]:
+    """(train, validation): `config.val_fraction` of the prompts, with all their pairs, held out."""
     if not pairs:
         raise TrainError(f"no training pairs for principle {principle!r}")
     train, val = split_by_prompt(pairs, config.val_fraction, salt=f"val{config.seed}")
@@ -407,7 +456,22 @@ def train_pm(
             f"{len(pairs)} pairs over {len({p.prompt for p in pairs})} prompts are too few to split "
             f"{config.val_fraction:.0%} of the prompts off for validation"
         )
-    rd = _RunDir(run_dir)
+    return train, val
+
+
+def _open_run(
+    rd: _RunDir,
+    config: TrainConfig,
+    train: Sequence[Pair],
+    val: Sequence[Pair],
+    *,
+    principle: str,
+    version: str | None,
+    fresh: bool,
+) -> dict[str, Any]:
+    """The run's state: the run directory's when it holds this run (same data and settings) unfinished, else a
+    new one at step 0 (`fresh` ignores the directory's)."""
+    run_dir = rd.path
     fp = _fingerprint(config, train, val, principle)
     state = None if fresh else rd.read_state()
     if state is not None and state.get("fingerprint") != fp:
@@ -433,15 +497,28 @@ def train_pm(
         }
     elif version is not None and version != state["version"]:
         raise TrainError(f"{run_dir} is a run for version {state['version']}, not {version}")
-    pkg_dir = out_root / principle / state["version"]
-    if pkg_dir.exists():
-        raise TrainError(f"package {pkg_dir} already exists; give another --version")
+    return state
 
-    torch.manual_seed(config.seed)
-    if base is None:
-        device_name = str(dist.device) if dist.enabled else config.device
-        with dist.local_main_first():  # one rank per node fills the model cache, the others then read it
-            base = load_base(config.base, max_length=config.max_length, seed=config.seed, device=device_name)
+
+# 2. the inputs, the model, its optimizer and schedule
+def _load_base(config: TrainConfig, dist: Distributed) -> BaseModel:
+    device_name = str(dist.device) if dist.enabled else config.device
+    with dist.local_main_first():  # one rank per node fills the model cache, the others then read it
+        return load_base(config.base, max_length=config.max_length, seed=config.seed, device=device_name)
+
+
+@dataclass(frozen=True, slots=True)
+class _Inputs:
+    """The pairs as the model reads them, and how they are batched onto it."""
+
+    template: InputTemplate
+    train: list[_Encoded]
+    val: list[_Encoded]
+    pad_id: int
+    device: torch.device
+
+
+def _encode_pairs(base: BaseModel, config: TrainConfig, train: Sequence[Pair], val: Sequence[Pair]) -> _Inputs:
     template = _template(base, config)
     encoder = TemplateEncoder(base.tokenizer, template)
     pad_id = base.tokenizer.pad_token_id if base.tokenizer.pad_token_id is not None else 0
@@ -453,132 +530,218 @@ def train_pm(
             for x in part
         ]
 
-    enc_train, enc_val = encode(train), encode(val)
+    return _Inputs(template=template, train=encode(train), val=encode(val), pad_id=pad_id, device=device)
+
+
+def _steps_per_epoch(n_train: int, config: TrainConfig) -> int:
+    return math.ceil(n_train / config.batch_size)
+
+
+def _build_training(
+    base: BaseModel, config: TrainConfig, total_steps: int
+) -> tuple[torch.nn.Module, torch.optim.Optimizer, Any]:
+    """(model in train mode, AdamW over its trainable weights, linear warm-up then decay over `total_steps`)."""
     model = build_model(base, config)
     model.train()
-    steps_per_epoch = math.ceil(len(enc_train) / config.batch_size)
-    total_steps = steps_per_epoch * config.epochs
     opt = torch.optim.AdamW(
         [p for p in model.parameters() if p.requires_grad], lr=config.learning_rate, weight_decay=config.weight_decay
     )
     from transformers import get_linear_schedule_with_warmup
 
     sched = get_linear_schedule_with_warmup(opt, int(config.warmup_ratio * total_steps), total_steps)
+    return model, opt, sched
+
+
+# 3. resume
+def _resume_or_begin(
+    rd: _RunDir,
+    state: dict[str, Any],
+    model: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: Any,
+    dist: Distributed,
+) -> int:
+    """The step the run resumes from (0: a new run, begun in the run directory). Every rank calls it."""
     resumed_from = int(state["step"])
     if resumed_from > 0:
         rd.restore(model, opt, sched)
         if dist.is_main:
-            logger.warning("resuming %s at step %d (epoch %d)", run_dir, resumed_from, state["epoch"] + 1)
+            logger.warning("resuming %s at step %d (epoch %d)", rd.path, resumed_from, state["epoch"] + 1)
     dist.barrier()  # every rank has read the run directory before the main one writes to it
     if resumed_from == 0 and dist.is_main:
         rd.begin(state)
-    # the model the steps run through: DDP under a launcher (DDP broadcasts rank 0's weights), the model alone
-    ddp_model, opt = dist.prepare(model, opt, micro_batch_size=-(-config.batch_size // dist.world_size))
-    if dist.enabled:
-        torch.manual_seed(config.seed * 1000 + dist.rank + 1)  # each rank its own LoRA dropout masks
-    started = time.monotonic()
-    elapsed_before = float(state["seconds"])
+    return resumed_from
 
-    def checkpoint() -> None:
-        state["seconds"] = elapsed_before + time.monotonic() - started
-        if dist.is_main:
-            rd.save(model, opt, sched, state)
-        dist.barrier()
 
-    stack = contextlib.ExitStack()
-    bar = progress_bar(total_steps, resumed_from, f"train {principle}", progress and dist.is_main)
-    interrupted = StopRequest()
-    agreed_stop = False
-    try:
-        stack.enter_context(defer_stop_signals(interrupted))
-        while state["epoch"] < config.epochs and not state.get("stopped_early"):
-            epoch = int(state["epoch"])
-            # The order of an epoch depends only on (seed, epoch): a resumed run sees the same batches.
-            order = torch.randperm(len(enc_train), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
-            running = 0.0
-            # 1. one optimizer step per batch of pairs: chosen and rejected in one forward
-            for b in range(int(state["batch_in_epoch"]), steps_per_epoch):
-                batch = [enc_train[int(i)] for i in order[b * config.batch_size : (b + 1) * config.batch_size]]
-                # this rank's share; weighted so that the mean over ranks of the gradients is the global mean's
-                mine = batch[dist.split(len(batch))]
-                weight = len(mine) * dist.world_size / len(batch)
-                if not mine:  # a last batch smaller than the ranks: a forward for DDP's sake, weighted 0
-                    mine = batch[:1]
-                chosen, rejected = _forward_pairs(ddp_model, mine, pad_id, device)
-                p = torch.tensor([x.p for x in mine], device=device)
-                m = torch.tensor([x.margin + config.margin for x in mine], device=device)
-                loss = bradley_terry_loss(chosen, rejected, p, m) * weight
-                opt.zero_grad(set_to_none=True)
-                dist.backward(loss)
-                dist.clip_grad_norm_([q for q in ddp_model.parameters() if q.requires_grad], 1.0)
-                opt.step()
-                sched.step()
-                state["step"] += 1
-                state["batch_in_epoch"] = b + 1
-                lv = dist.mean([loss.detach().item()])[0]
-                running = 0.9 * running + 0.1 * lv if b else lv
-                bar.update(1)
-                bar.set_postfix(epoch=epoch + 1, loss=f"{running:.3f}")
-                if on_step is not None and dist.is_main:
-                    on_step(int(state["step"]), lv)
-                # Ctrl-C or SIGTERM lands here, between steps, and a signal to any rank stops them all
-                if dist.agree_on_stop(interrupted):
-                    agreed_stop = True
-                    interrupted.raise_stopped()
-                if state["step"] % config.save_every == 0:
-                    checkpoint()
-            # 2. validate, keep the best weights, stop when the validation loss stops falling
-            val_loss, val_acc, _ = _evaluate(model, enc_val, pad_id, device, config.batch_size, dist)
-            state["history"].append(
-                {"epoch": epoch + 1, "train_loss": running, "val_loss": val_loss, "val_accuracy": val_acc}
-            )
-            logger.info("epoch %d: val loss %.4f, val accuracy %.3f", epoch + 1, val_loss, val_acc)
+# 4. the epochs
+class _Loop:
+    """The epochs of one run, from the position in `state` on: every rank runs them in step, and the collectives
+    (gradient all-reduce, loss mean, agreed stop, validation gather, checkpoint barrier) happen on all of them."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        dist: Distributed,
+        rd: _RunDir,
+        state: dict[str, Any],
+        model: torch.nn.Module,
+        opt: torch.optim.Optimizer,
+        sched: Any,
+        inputs: _Inputs,
+        on_step: Callable[[int, float], None] | None,
+    ) -> None:
+        self.config, self.dist, self.rd, self.state = config, dist, rd, state
+        self.model, self.sched, self.inputs, self.on_step = model, sched, inputs, on_step
+        self.steps_per_epoch = _steps_per_epoch(len(inputs.train), config)
+        # the model the steps run through: DDP under a launcher (DDP broadcasts rank 0's weights), the model alone
+        self.ddp_model, self.opt = dist.prepare(model, opt, micro_batch_size=-(-config.batch_size // dist.world_size))
+        if dist.enabled:
+            torch.manual_seed(config.seed * 1000 + dist.rank + 1)  # each rank its own LoRA dropout masks
+        self.started = time.monotonic()
+        self.elapsed_before = float(state["seconds"])
+        self.interrupted = StopRequest()
+        self.agreed_stop = False
+
+    def seconds(self) -> float:
+        """Training time of the run so far, sessions before a resume included."""
+        return self.elapsed_before + time.monotonic() - self.started
+
+    def checkpoint(self) -> None:
+        self.state["seconds"] = self.seconds()
+        if self.dist.is_main:
+            self.rd.save(self.model, self.opt, self.sched, self.state)
+        self.dist.barrier()
+
+    def evaluate(self) -> tuple[float, float, torch.Tensor]:
+        i = self.inputs
+        return _evaluate(self.model, i.val, i.pad_id, i.device, self.config.batch_size, self.dist)
+
+    def run(self, desc: str, progress: bool, resumed_from: int) -> None:
+        """Every epoch left, or until early stopping. KeyboardInterrupt (Ctrl-C, SIGTERM) after a checkpoint."""
+        config, dist, state = self.config, self.dist, self.state
+        stack = contextlib.ExitStack()
+        bar = progress_bar(self.steps_per_epoch * config.epochs, resumed_from, desc, progress and dist.is_main)
+        try:
+            stack.enter_context(defer_stop_signals(self.interrupted))
+            while state["epoch"] < config.epochs and not state.get("stopped_early"):
+                epoch = int(state["epoch"])
+                running = self._steps(epoch, bar)
+                self._validate(epoch, running, bar)
+                state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
+                self.checkpoint()
+        except KeyboardInterrupt:
+            if self.agreed_stop or not dist.enabled:  # a second signal mid-step: the ranks are not at one point
+                self.checkpoint()
+            bar.close()
             if dist.is_main:
-                bar.write(f"epoch {epoch + 1}: val loss {val_loss:.4f}, val accuracy {val_acc:.3f}")
-            if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
-                state["best_val_loss"], state["best_epoch"], state["bad_epochs"] = val_loss, epoch + 1, 0
-                if dist.is_main:
-                    rd.save_best(model)
-            else:
-                state["bad_epochs"] += 1
-                if state["bad_epochs"] > config.patience:
-                    state["stopped_early"] = True
-            state["epoch"], state["batch_in_epoch"] = epoch + 1, 0
-            checkpoint()
-    except KeyboardInterrupt:
-        if agreed_stop or not dist.enabled:  # a second signal mid-step: the ranks are not at one point
-            checkpoint()
+                logger.warning("interrupted at step %d; the checkpoint is in %s", state["step"], self.rd.path)
+            raise
+        finally:
+            stack.close()
         bar.close()
-        if dist.is_main:
-            logger.warning("interrupted at step %d; the checkpoint is in %s", state["step"], run_dir)
-        raise
-    finally:
-        stack.close()
-    bar.close()
 
-    # 3. the best epoch's weights, calibrated on the validation set, written as a package
-    rd.load_best(model)
-    val_loss, val_acc, raw = _evaluate(model, enc_val, pad_id, device, config.batch_size, dist)
-    if not dist.is_main:
-        dist.barrier()  # the main rank writes the package
-        return TrainResult(
-            package_dir=pkg_dir, version=state["version"], metrics={}, resumed_from_step=resumed_from, main=False
+    def _steps(self, epoch: int, bar: Any) -> float:
+        """The rest of `epoch`: one optimizer step per batch of pairs. Returns the running training loss."""
+        config, dist, state = self.config, self.dist, self.state
+        # The order of an epoch depends only on (seed, epoch): a resumed run sees the same batches.
+        order = torch.randperm(
+            len(self.inputs.train), generator=torch.Generator().manual_seed(config.seed * 1000 + epoch)
         )
+        running = 0.0
+        for b in range(int(state["batch_in_epoch"]), self.steps_per_epoch):
+            batch = [self.inputs.train[int(i)] for i in order[b * config.batch_size : (b + 1) * config.batch_size]]
+            loss = self._step(batch)
+            state["step"] += 1
+            state["batch_in_epoch"] = b + 1
+            lv = dist.mean([loss.detach().item()])[0]
+            running = 0.9 * running + 0.1 * lv if b else lv
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{running:.3f}")
+            if self.on_step is not None and dist.is_main:
+                self.on_step(int(state["step"]), lv)
+            # Ctrl-C or SIGTERM lands here, between steps, and a signal to any rank stops them all
+            if dist.agree_on_stop(self.interrupted):
+                self.agreed_stop = True
+                self.interrupted.raise_stopped()
+            if state["step"] % config.save_every == 0:
+                self.checkpoint()
+        return running
+
+    def _step(self, batch: list[_Encoded]) -> torch.Tensor:
+        """One optimizer step on `batch`, chosen and rejected in one forward. Returns this rank's weighted loss."""
+        dist, device = self.dist, self.inputs.device
+        # this rank's share; weighted so that the mean over ranks of the gradients is the global mean's
+        mine = batch[dist.split(len(batch))]
+        weight = len(mine) * dist.world_size / len(batch)
+        if not mine:  # a last batch smaller than the ranks: a forward for DDP's sake, weighted 0
+            mine = batch[:1]
+        chosen, rejected = _forward_pairs(self.ddp_model, mine, self.inputs.pad_id, device)
+        p = torch.tensor([x.p for x in mine], device=device)
+        m = torch.tensor([x.margin + self.config.margin for x in mine], device=device)
+        loss = bradley_terry_loss(chosen, rejected, p, m) * weight
+        self.opt.zero_grad(set_to_none=True)
+        dist.backward(loss)
+        dist.clip_grad_norm_([q for q in self.ddp_model.parameters() if q.requires_grad], 1.0)
+        self.opt.step()
+        self.sched.step()
+        return loss
+
+    def _validate(self, epoch: int, running: float, bar: Any) -> None:
+        """Validate after `epoch`, keep the best weights, stop when the validation loss stops falling."""
+        dist, state = self.dist, self.state
+        val_loss, val_acc, _ = self.evaluate()
+        state["history"].append(
+            {"epoch": epoch + 1, "train_loss": running, "val_loss": val_loss, "val_accuracy": val_acc}
+        )
+        logger.info("epoch %d: val loss %.4f, val accuracy %.3f", epoch + 1, val_loss, val_acc)
+        if dist.is_main:
+            bar.write(f"epoch {epoch + 1}: val loss {val_loss:.4f}, val accuracy {val_acc:.3f}")
+        if state["best_val_loss"] is None or val_loss < state["best_val_loss"]:
+            state["best_val_loss"], state["best_epoch"], state["bad_epochs"] = val_loss, epoch + 1, 0
+            if dist.is_main:
+                self.rd.save_best(self.model)
+        else:
+            state["bad_epochs"] += 1
+            if state["bad_epochs"] > self.config.patience:
+                state["stopped_early"] = True
+
+
+# 5. calibration, metrics and the package
+def _calibration(raw: torch.Tensor) -> Calibration:
+    """Mean and standard deviation of the raw validation scores (std 1 when there is no spread)."""
     std = float(raw.std()) if len(raw) > 1 else 1.0
-    calibration = Calibration(mean=float(raw.mean()), std=std if std > 1e-6 else 1.0)
-    n_val = len(enc_val)
-    metrics: dict[str, Any] = {
+    return Calibration(mean=float(raw.mean()), std=std if std > 1e-6 else 1.0)
+
+
+def _metrics(
+    state: dict[str, Any], val_loss: float, val_acc: float, n_val: int, n_train: int, seconds: float
+) -> dict[str, Any]:
+    return {
         "val_accuracy": round(val_acc, 4),
         "val_accuracy_ci95": [round(x, 4) for x in wilson_interval(val_acc * n_val, n_val)],
         "val_loss": round(val_loss, 4),
         "val_pairs": n_val,
-        "train_pairs": len(enc_train),
+        "train_pairs": n_train,
         "best_epoch": state["best_epoch"],
         "epochs_run": state["epoch"],
         "stopped_early": bool(state.get("stopped_early")),
         "history": state["history"],
-        "train_seconds": round(elapsed_before + time.monotonic() - started, 1),
+        "train_seconds": round(seconds, 1),
     }
+
+
+def _manifest(
+    principle: str,
+    version: str,
+    base: BaseModel,
+    config: TrainConfig,
+    template: InputTemplate,
+    calibration: Calibration,
+    metrics: dict[str, Any],
+    train: Sequence[Pair],
+    val: Sequence[Pair],
+    data_sources: Sequence[dict[str, Any]],
+) -> PackageManifest:
     try:
         phrase = get_principle(principle).judge_phrase
     except KeyError:
@@ -586,7 +749,7 @@ def train_pm(
     import peft
     import transformers
 
-    manifest = PackageManifest(
+    return PackageManifest(
         name=principle,
         judge_phrase=phrase,
         base_model=base.model_id,
@@ -608,26 +771,22 @@ def train_pm(
                 "peft": peft.__version__,
             },
             "trainer": "morlaif pm train",
-            "version": state["version"],
+            "version": version,
         },
     )
+
+
+def _write_package(
+    model: torch.nn.Module, base: BaseModel, config: TrainConfig, pkg_dir: Path, manifest: PackageManifest
+) -> Path:
+    """Write the package for the mode: a full model folder, a head package or a LoRA adapter package."""
     if config.full_finetune:
-        pkg_dir = _save_full(model, base, pkg_dir, manifest)
-    elif config.head_only:
+        return _save_full(model, base, pkg_dir, manifest)
+    if config.head_only:
         save_head_package(score_head(model), pkg_dir, manifest)
     else:
         save_package(model, "default", pkg_dir, manifest)
-    state["finished"], state["package"] = True, str(pkg_dir)
-    rd.write_state(state)
-    dist.barrier()
-    logger.info("wrote %s (val accuracy %.3f on %d pairs)", pkg_dir, val_acc, n_val)
-    return TrainResult(
-        package_dir=pkg_dir,
-        version=state["version"],
-        metrics=metrics,
-        history=list(state["history"]),
-        resumed_from_step=resumed_from,
-    )
+    return pkg_dir
 
 
 def _save_full(model: torch.nn.Module, base: BaseModel, pkg_dir: Path, manifest: PackageManifest) -> Path:
