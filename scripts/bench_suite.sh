@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The performance suite of benchmarks/ in one go (README "Benchmarks"): MiniLM-L6 and SmolLM2-135M, adapters on
+# The performance suite of benchmarks/ in one go (docs/benchmarks.md): MiniLM-L6 and SmolLM2-135M, adapters on
 # all layers and on the upper third, 1/4/12 principles, 64 and 256 tokens, then PPO-like groups (4 responses per
 # prompt; micro-batches of the server's default 16384 tokens, so a group under 12 principles fits one) on the
 # decoder, then end to end over HTTP with 1/8/32 clients on both bases. Every scoring table also times our engine

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The rest of the MORLAIF pipeline on SmolLM2-135M-Instruct and the default adapters (README "Sampling, SFT and
+# The rest of the MORLAIF pipeline on SmolLM2-135M-Instruct and the default adapters (docs/ppo.md "Sampling, SFT and
 # reward-conditioned training"): sample responses into a label store, then the reward-in-prompt method: score
 # HH-RLHF dialogues, write the scores into their prompts, fine-tune on that, and ask for scores at inference.
 #

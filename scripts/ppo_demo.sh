@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's PPO demo: SmolLM2-135M-Instruct (LoRA) on HH-RLHF prompts, rewarded by the default adapters
+# The PPO demo of docs/ppo.md: SmolLM2-135M-Instruct (LoRA) on HH-RLHF prompts, rewarded by the default adapters
 # (adapters/, MiniLM base) through a PM server on loopback, scalarized by adapters/weights.json.
 #
 #   scripts/ppo_demo.sh [RUN_DIR] [STEPS]        # ~1 min per step on a 2-core CPU

@@ -65,7 +65,7 @@ def serve(
 
     Keys come from the environment, never the command line: MORLAIF_API_KEY (scoring) and
     MORLAIF_ADMIN_KEY (loading and unloading adapters), each at least 16 characters. Without them the
-    server refuses to start unless --insecure-dev is given. All MORLAIF_* settings are listed in the README.
+    server refuses to start unless --insecure-dev is given. Every MORLAIF_* setting: docs/configuration.md.
     """
     from pydantic import ValidationError
 

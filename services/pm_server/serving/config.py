@@ -37,7 +37,7 @@ class ServerSettings(BaseSettings):
         description="Weights and activations: auto (bfloat16 where the hardware computes it natively, a CPU with "
         "AVX512-BF16 or AMX or a CUDA GPU with bfloat16, float32 elsewhere), float32 (scores exactly as trained), or "
         "bfloat16 (about 1.8x faster on such a CPU; scores within about 1% of float32's, the same validation "
-        "accuracy: README Benchmarks).",
+        "accuracy: docs/benchmarks.md).",
     )
     num_threads: int | None = Field(default=None, ge=1, description="torch intra-op threads (default: torch's).")
 
