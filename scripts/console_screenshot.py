@@ -1,4 +1,4 @@
-"""The screenshots of the console (docs/serving.md): a real `morlaif serve` on the default adapters, the "harmful request"
+"""The console screenshots of docs/serving.md: a real `morlaif serve` on the default adapters, the "harmful request"
 example scored in Debian's chromium, written to docs/console.png; and the Live tab with the PPO demo run of
 docs/ppo-demo (its metrics.jsonl), written to docs/console-live.png.
 
