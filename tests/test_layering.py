@@ -56,6 +56,46 @@ def imports_of(path: Path) -> Iterator[Import]:
             else:
                 module = node.module or ""
             yield Import(module, tuple(a.name for a in node.names), f"{where}:{node.lineno}")
+        elif isinstance(node, ast.Call) and _dynamic_import(node) is not None:
+            yield Import(_dynamic_import(node) or "", (), f"{where}:{node.lineno}")
+
+
+def _dynamic_import(call: ast.Call) -> str | None:
+    """The module named by `importlib.import_module("m")` or `__import__("m")` with a literal name."""
+    f = call.func
+    name = f.attr if isinstance(f, ast.Attribute) else f.id if isinstance(f, ast.Name) else None
+    if name in ("import_module", "__import__") and call.args and isinstance(call.args[0], ast.Constant):
+        return str(call.args[0].value)
+    return None
+
+
+def _private(part: str) -> bool:
+    return part.startswith("_") and not (part.startswith("__") and part.endswith("__"))
+
+
+def private_uses(path: Path, of: tuple[str, ...]) -> Iterator[str]:
+    """Private names of the packages `of` that `path` reaches through a name it imported: `import a.b as m;
+    m._x`, `from a import b; b._y` (imports as `imports_of` reads them are checked separately)."""
+    tree = ast.parse(path.read_text(), str(path))
+    bound: dict[str, str] = {}  # local name -> the dotted module or object it stands for
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                bound[a.asname or a.name.split(".")[0]] = a.name if a.asname else a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            for a in node.names:
+                bound[a.asname or a.name] = f"{node.module}.{a.name}"
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Attribute):
+            continue
+        chain, cur = [node.attr], node.value
+        while isinstance(cur, ast.Attribute):
+            chain.append(cur.attr)
+            cur = cur.value
+        if isinstance(cur, ast.Name) and cur.id in bound and _top(bound[cur.id]) in of:
+            dotted = ".".join([bound[cur.id], *reversed(chain)])
+            if any(_private(p) for p in dotted.split(".")):
+                yield f"{path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}:{node.lineno}: {dotted}"
 
 
 def modules(package: str) -> list[Path]:
@@ -95,9 +135,11 @@ def test_no_service_imports_the_command_line_or_another_services_private_names()
                 if top == "morlaif_cli":
                     wrong.append(f"{i.where}: {i.module} (the command line sits above the services)")
                 elif top in SERVICES and top != service:
-                    private = [p for p in (*i.module.split("."), *i.names) if p.startswith("_")]
+                    private = [p for p in (*i.module.split("."), *i.names) if _private(p)]
                     if private:
                         wrong.append(f"{i.where}: {i.module} {private}")
+            others = tuple(s for s in SERVICES if s != service)
+            wrong += private_uses(path, others)
     assert wrong == []
 
 
@@ -142,6 +184,14 @@ def test_product_packages_hold_no_test_stand_ins():
         if any(word in p.stem for word in stand_in_names)
     ]
     assert named == []
+    classes = [
+        f"{p.relative_to(ROOT)}:{node.lineno}: {node.name}"
+        for package in PACKAGES
+        for p in modules(package)
+        for node in ast.walk(ast.parse(p.read_text()))
+        if isinstance(node, ast.ClassDef) and node.name.startswith(("Fake", "Stub", "Mock", "Dummy"))
+    ]
+    assert classes == []
     importing = [
         f"{i.where}: {i.module}"
         for package in PACKAGES
@@ -162,9 +212,22 @@ def test_the_checker_sees_what_it_must_refuse(tmp_path, monkeypatch):
     svc = tmp_path / "services" / "policy_trainer"
     svc.mkdir(parents=True)
     (svc / "__init__.py").write_text("")
-    (svc / "sub.py").write_text("from . import other\nfrom feedback_worker.cli import _open\n")
+    (svc / "sub.py").write_text(
+        "from . import other\nfrom feedback_worker.cli import _open\nimport feedback_worker.cli as fc\n"
+        "from feedback_worker import worker\nimport importlib\n"
+        "def f():\n    fc._x()\n    worker._claim\n    importlib.import_module('pm_server.serving')\n"
+    )
     monkeypatch.setitem(PACKAGES, "morlaif", lib)
     monkeypatch.setitem(PACKAGES, "policy_trainer", svc)
-    got = {i.module: i.names for i in imports_of(svc / "sub.py")}
-    assert got == {"policy_trainer": ("other",), "feedback_worker.cli": ("_open",)}
+    got = [(i.module, i.names) for i in imports_of(svc / "sub.py")]
+    assert sorted(got) == [
+        ("feedback_worker", ("worker",)),
+        ("feedback_worker.cli", ()),
+        ("feedback_worker.cli", ("_open",)),
+        ("importlib", ()),
+        ("pm_server.serving", ()),
+        ("policy_trainer", ("other",)),
+    ]
+    uses = [u.split(": ", 1)[1] for u in private_uses(svc / "sub.py", ("feedback_worker",))]
+    assert sorted(uses) == ["feedback_worker.cli._x", "feedback_worker.worker._claim"]
     assert [i.module for i in imports_of(lib / "bad.py")] == ["pm_server.serving"]
