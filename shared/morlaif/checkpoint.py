@@ -76,11 +76,10 @@ class Checkpoint:
 
         Raises OSError when the disk refuses; the previous checkpoint is then still in place."""
         import torch
-        from safetensors.torch import save_file
 
         shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True)
-        save_file({n: t.detach().cpu().contiguous() for n, t in weights.items()}, str(self.tmp / WEIGHTS))
+        save_tensors(weights, self.tmp / WEIGHTS)
         torch.save(dict(state), self.tmp / STATE)
         if meta is not None:
             (self.tmp / META).write_text(json.dumps(meta, indent=2))

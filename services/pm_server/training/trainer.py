@@ -344,8 +344,7 @@ class _RunDir:
     def begin(self, state: dict[str, Any]) -> None:
         """Start a run at step 0: the checkpoint of an earlier one (--fresh) goes, then state.json is written."""
         self.ckpt.remove()
-        for f in (self.legacy_weights, self.legacy_optim):
-            f.unlink(missing_ok=True)
+        self._drop_legacy()
         self.write_state(state)
 
     def save(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any, state: dict[str, Any]) -> None:
@@ -353,7 +352,11 @@ class _RunDir:
         blob = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": rng_state()}
         self.ckpt.write(_trainable(model), blob, meta=state)
         self.write_state(state)
-        for f in (self.legacy_weights, self.legacy_optim):  # a run begun before the shared checkpoint
+        self._drop_legacy()
+
+    def _drop_legacy(self) -> None:
+        """Remove the checkpoint files of the layout before the shared checkpoint (a run begun before it)."""
+        for f in (self.legacy_weights, self.legacy_optim):
             f.unlink(missing_ok=True)
 
     def restore(self, model: torch.nn.Module, opt: torch.optim.Optimizer, sched: Any) -> None:
