@@ -68,6 +68,13 @@ def test_split_keeps_prompts_together_and_converts_hh(tmp_path):
     assert bad.returncode == 2 and "give one as principle=" in bad.stderr and "Traceback" not in bad.stderr
     frac = morlaif("pm", "split", f"h={hh}", "--out-dir", str(tmp_path / "o3"), "--parts", "a=0.5,b=0.2", check=False)
     assert frac.returncode == 2 and "sum to 1" in frac.stderr
+    pairs = tmp_path / "pairs.jsonl"  # a pair file whose second line is not JSON, another a JSON list
+    first = {"principle": "helpfulness", "prompt": "a", "chosen": "x", "rejected": "y"}
+    for n, (line, why) in enumerate([("not json here", "invalid JSON"), ("[1, 2]", "")]):
+        pairs.write_text(json.dumps(first) + "\n" + line + "\n")
+        res = morlaif("pm", "split", str(pairs), "--out-dir", str(tmp_path / f"o{4 + n}"), check=False)
+        assert res.returncode == 2 and f"{pairs}:2" in res.stderr and why in res.stderr, res.stderr
+        assert "Traceback" not in res.stderr
 
 
 def test_train_errors_name_the_file_line_and_principle(tmp_path, tiny_encoder_dir):

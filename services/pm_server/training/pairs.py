@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,7 +110,7 @@ def read_pairs(spec: DataSpec | str | Path) -> list[Pair]:
         except JsonlError as e:
             raise PairDataError(str(e)) from e
     out = []
-    for n, obj in iter_objects(path):
+    for n, obj in _objects(path):
         missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(obj.get(k), str)]
         if missing:
             raise PairDataError(f"{path}:{n}: missing or non-string field(s): {', '.join(missing)}")
@@ -129,6 +129,17 @@ def read_pairs(spec: DataSpec | str | Path) -> list[Pair]:
             )
         )
     return out
+
+
+def _objects(path: Path) -> Iterator[tuple[int, dict]]:
+    """`iter_objects`, its errors (a line that is not a JSON object, bytes that are not UTF-8) as
+    `PairDataError`: the commands answer them as every other error of the data, naming `file:line`."""
+    try:
+        yield from iter_objects(path)
+    except PairDataError:
+        raise
+    except JsonlError as e:
+        raise PairDataError(str(e)) from e
 
 
 def store_pairs(url: str, principle: str, *, judge: str | None = None) -> list[Pair]:
