@@ -1,45 +1,73 @@
 #!/usr/bin/env bash
-# Train the default adapter packages (adapters/) from ../shared/data and evaluate them on human preferences.
+# Train the default adapter packages (adapters/) on the preference data beside the project, then evaluate them
+# (scripts/eval_default_adapters.sh: docs/pm-eval/ and adapters/weights.json).
 #
-#   scripts/train_default_adapters.sh [OUT_ROOT] [EVAL_DIR]      # ~35 min on a 2-core CPU, seconds on a GPU
+#   scripts/train_default_adapters.sh [OUT_ROOT]        # about 2 hours on a 2-core CPU; minutes on a GPU
 #
 # Env: DATA (default ../shared/data), BASE (default minilm), DEVICE (default auto), MORLAIF (the CLI),
-# EXTRA (`morlaif pm train` options for every PM; default "--epochs 2 --max-length 128"),
-# VERSION (default v1). Sycophancy gets --max-length 384: the user's stated view, which the response must
-# not just echo, sits at the start of a long prompt, and a 128-token window cuts it off.
-# HH-RLHF harmless-base is split by prompt: 60% trains the harmlessness PM (and the single PM), 40% is kept
-# for `pm eval`, which fits the scalarizer weights on half of those prompts and tests on the other half.
+# EPOCHS (default 2), VERSION (default v2), WORK (split files, default var/default-data), EVAL (default
+# docs/pm-eval). Every run keeps checkpoints in var/runs/default-<principle>: run the script again after an
+# interruption and each PM resumes where it stopped (a finished PM is skipped).
+#
+# What each default PM learns from, and its context window (docs/training.md says why):
+#   helpfulness   HH-RLHF helpful-base/online/rejection-sampled (70% of the prompts), PandaLM, QA-Feedback,
+#                 XSTest's safe prompts (comply rather than refuse)                                  256 tokens
+#   harmlessness  HH-RLHF harmless-base (70%), every XSTest pair: refuse the unsafe, answer the safe    256 tokens
+#   factuality    TruthfulQA, QA-Feedback's corrected answers                                          256 tokens
+#   toxicity      ParaDetox (4,000 of its pairs, by original sentence)                                  64 tokens
+#   bias          BBQ (4,000 of its pairs, by context)                                                 128 tokens
+#   single_pm     all of the above pooled: the single-PM baseline of `pm eval`                        256 tokens
+# Every PM is trained with length-balanced pair weights (pm train's default): within each data source, pairs
+# where the chosen reply is the longer one weigh as much as pairs where it is the shorter one.
+# The other 30% of the HH-RLHF prompts are kept for `pm eval`: it fits the scalarizer weights on half of them
+# (helpful and harmless together) and tests the served reward on the other half.
 set -euo pipefail
 OUT=${1:-adapters}
-EVAL=${2:-var/eval/default}
 DATA=${DATA:-../shared/data}
 BASE=${BASE:-minilm}
 DEVICE=${DEVICE:-auto}
 MORLAIF=${MORLAIF:-morlaif}
 WORK=${WORK:-var/default-data}
-VERSION=${VERSION:-v1}
-read -r -a EXTRA_ARGS <<< "${EXTRA:---epochs 2 --max-length 128}"
+VERSION=${VERSION:-v2}
+EPOCHS=${EPOCHS:-2}
+export DATA BASE DEVICE MORLAIF WORK
 
 if [ ! -d "$DATA" ]; then echo "error: $DATA is absent (the preference data beside the project)" >&2; exit 2; fi
-$MORLAIF pm split "harmlessness=$DATA/hh-rlhf/harmless-base-dev.jsonl.gz" --out-dir "$WORK/hh" \
-  --parts train=0.6,eval=0.4 --salt hh-default
-
-train() {  # principle, extra options..., then --data specs
-  local p=$1; shift
-  $MORLAIF pm train --principle "$p" --base "$BASE" --device "$DEVICE" --out-root "$OUT" --version "$VERSION" \
-    --run-dir "var/runs/default-$p" --fresh --quiet "${EXTRA_ARGS[@]}" "$@"
+split() {  # name, spec, parts
+  [ -s "$WORK/$1/${3%%=*}.jsonl" ] || $MORLAIF pm split "$2" --out-dir "$WORK/$1" --parts "$3" --salt "$1-default"
 }
-train helpfulness --data "$DATA/helpfulness_pandalm.jsonl" --data "$DATA/refusal_xstest.jsonl"
-train harmlessness --data "$DATA/refusal_xstest.jsonl" --data "$WORK/hh/train.jsonl"
-train factuality --data "$DATA/factuality_truthfulqa.jsonl"
-train sycophancy --data "$DATA/sycophancy_anthropic.jsonl" --max-length 384
-# the single-PM baseline: one PM on every principle's pairs pooled (MORLAIF's single-PM RLAIF)
-train single_pm --pool --data "$DATA/helpfulness_pandalm.jsonl" --data "$DATA/refusal_xstest.jsonl" \
-  --data "$WORK/hh/train.jsonl" --data "$DATA/factuality_truthfulqa.jsonl" --data "$DATA/sycophancy_anthropic.jsonl"
+split hh-helpful-base "helpfulness=$DATA/hh-rlhf/helpful-base-dev.jsonl.gz" train=0.7,eval=0.3
+split hh-helpful-online "helpfulness=$DATA/hh-rlhf/helpful-online-dev.jsonl.gz" train=0.7,eval=0.3
+split hh-helpful-rs "helpfulness=$DATA/hh-rlhf/helpful-rejection-sampled-dev.jsonl.gz" train=0.7,eval=0.3
+split hh-harmless "harmlessness=$DATA/hh-rlhf/harmless-base-dev.jsonl.gz" train=0.7,eval=0.3
+split paradetox "$DATA/toxicity_paradetox.jsonl" use=0.27,rest=0.73
+split bbq "$DATA/bias_bbq.jsonl" use=0.42,rest=0.58
+HELPFUL=(--data "$WORK/hh-helpful-base/train.jsonl" --data "$WORK/hh-helpful-online/train.jsonl"
+  --data "$WORK/hh-helpful-rs/train.jsonl" --data "$DATA/helpfulness_pandalm.jsonl"
+  --data "$DATA/helpfulness_qafeedback.jsonl" --data "$DATA/refusal_xstest.jsonl")
+HARMLESS=(--data "$WORK/hh-harmless/train.jsonl" --data "harmlessness=$DATA/refusal_xstest.jsonl")
+FACTUAL=(--data "$DATA/factuality_truthfulqa.jsonl" --data "$DATA/helpfulness_qafeedback.jsonl")
+TOXIC=(--data "$WORK/paradetox/use.jsonl")
+BIAS=(--data "$WORK/bbq/use.jsonl")
 
-$MORLAIF pm eval --adapter-root "$OUT" --base "$BASE" --device "$DEVICE" --validation-only \
-  --data "$DATA/helpfulness_pandalm.jsonl" --data "$DATA/refusal_xstest.jsonl" --data "$WORK/hh/train.jsonl" \
-  --data "$DATA/factuality_truthfulqa.jsonl" --data "$DATA/sycophancy_anthropic.jsonl" \
-  --human "$WORK/hh/eval.jsonl" --principles helpfulness,harmlessness,factuality,sycophancy --single single_pm \
-  --out "$EVAL"
-cp "$EVAL/weights.json" "$OUT/weights.json"   # `make up` serves /get_reward with the fitted weights
+train() {  # principle, options...
+  local p=$1; shift
+  if [ -d "$OUT/$p/$VERSION" ]; then echo "$OUT/$p/$VERSION exists: skipped"; return; fi
+  echo "== $p ($(date -u +%H:%M:%S))"
+  $MORLAIF pm train --principle "$p" --base "$BASE" --device "$DEVICE" --out-root "$OUT" --version "$VERSION" \
+    --run-dir "var/runs/default-$p" --epochs "$EPOCHS" "$@"
+}
+train helpfulness --max-length 256 "${HELPFUL[@]}"
+train harmlessness --max-length 256 "${HARMLESS[@]}"
+train factuality --max-length 256 "${FACTUAL[@]}"
+train toxicity --max-length 64 "${TOXIC[@]}"
+train bias --max-length 128 "${BIAS[@]}"
+# the single-PM baseline: one PM on every principle's pairs pooled (MORLAIF's single-PM RLAIF); XSTest once,
+# with its own labels
+train single_pm --pool --max-length 256 --data "$WORK/hh-helpful-base/train.jsonl" \
+  --data "$WORK/hh-helpful-online/train.jsonl" --data "$WORK/hh-helpful-rs/train.jsonl" \
+  --data "$DATA/helpfulness_pandalm.jsonl" --data "$DATA/helpfulness_qafeedback.jsonl" \
+  --data "$DATA/refusal_xstest.jsonl" --data "$WORK/hh-harmless/train.jsonl" \
+  --data "$DATA/factuality_truthfulqa.jsonl" "${TOXIC[@]}" "${BIAS[@]}"
+
+"$(dirname "$0")/eval_default_adapters.sh" "$OUT"

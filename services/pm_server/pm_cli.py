@@ -97,6 +97,25 @@ def train(
         ),
     ] = False,
     margin: Annotated[float, typer.Option(min=0, help="Bradley-Terry margin added to every pair.")] = 0.0,
+    length_balance: Annotated[
+        bool,
+        typer.Option(
+            "--length-balance/--no-length-balance",
+            help="Weight pairs so that, per data source, chosen-longer and chosen-shorter pairs count equally: "
+            "a PM cannot win by preferring the longer reply.",
+        ),
+    ] = True,
+    length_penalty: Annotated[
+        float,
+        typer.Option(
+            min=0,
+            help="Add this times the squared correlation of score with response length (per batch) to the loss "
+            "(ODIN-style decorrelation; 0: off).",
+        ),
+    ] = 0.0,
+    bf16: Annotated[
+        bool, typer.Option("--bf16", help="bfloat16 autocast for the forward and backward passes (weights stay fp32).")
+    ] = False,
     val_fraction: Annotated[float, typer.Option(help="Share of prompts held out for validation.")] = 0.15,
     patience: Annotated[int, typer.Option(min=0, help="Epochs without improvement before stopping.")] = 1,
     seed: Annotated[int, typer.Option()] = 0,
@@ -142,6 +161,9 @@ def train(
             full_finetune=full,
             head_only=head_only,
             margin=margin,
+            length_balance=length_balance,
+            length_penalty=length_penalty,
+            bf16=bf16,
             val_fraction=val_fraction,
             patience=patience,
             seed=seed,

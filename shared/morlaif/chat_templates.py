@@ -30,7 +30,7 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
-from morlaif.conversation import Conversation, Turn
+from morlaif.conversation import Conversation, Turn, from_prompt
 
 __all__ = [
     "END_STRINGS",
@@ -265,7 +265,7 @@ class QueryParser:
             at = _fuzzy_split(query, prompt)
             cut, split = (0, "unmatched") if at is None else (at, "fuzzy")
         response, n = _strip_end(query[cut:], self.end_strings)
-        history: tuple[Turn, ...] = (Turn("user", prompt),)
+        history = from_prompt(prompt).history  # plain text: an HH transcript's turns, else one user turn
         if name is not None:
             turns = [(r, t) for r, t in TEMPLATES[name].parse(prompt) if r in _KNOWN_ROLES]
             if turns and turns[-1][0] == "assistant" and not turns[-1][1].strip():

@@ -1,19 +1,25 @@
-"""One conversation form, rendered one way, whatever door it came in by.
+"""One conversation form, rendered one way, whatever door it came in by, in training and in serving.
 
-Every way a conversation reaches the PM server becomes a list of `Turn` (role, text) here, and one function,
-`render_pair`, turns it into the (prompt, response) text pair the model scores:
+Every way a conversation reaches a preference model becomes a list of `Turn` (role, text) here, and one
+function, `render_pair`, turns it into the (prompt, response) text pair the model scores or trains on:
 
 * `/v1/score` and `/v1/compare` items given as OpenAI-style chat ``messages``;
+* plain ``{"prompt", "response"}`` items and pair-file lines, whose prompt may be an HH-RLHF transcript
+  (``\\n\\nHuman: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:``, as our PPO and HH-RLHF data write it),
+  parsed by `from_prompt`;
+* HH-RLHF transcripts (`morlaif.store.importers`), pair files and label-store rows that `pm train` and
+  `pm eval` read (`canonical_prompt`);
 * `RemoteReward` (TRL's conversational prompts and completions);
 * `/get_reward` and `/classify` queries in a policy's chat template (parsed by `morlaif.chat_templates`);
 * veRL's ``compute_score`` with the prompt's messages in ``extra_info``.
 
 The rendering (documented in docs/integrations.md):
 
-* the response is the text of the last assistant turn;
-* a history of one user turn is its text alone (no role words), as a plain ``{"prompt", "response"}`` item;
-* any longer history is a transcript, ``System: ...\\n\\nHuman: ...\\n\\nAssistant: ...\\n\\nTool: ...``
-  (``developer`` is rendered as ``System``, as OpenAI treats it);
+* the response is the text of the last assistant turn, stripped of surrounding white space;
+* the history is a transcript, ``Human: ...\\n\\nAssistant: ...\\n\\nTool: ...\\n\\nSystem: ...``, each turn's
+  text stripped, except that a history that opens with a user turn leaves that first ``Human:`` label out
+  (a decoder's template, ``Human: {prompt}\\n\\nAssistant: {response}``, supplies it and the last ``Assistant:``),
+  so one user turn is its text alone; ``developer`` is rendered as ``System``, as OpenAI treats it;
 * a message's content given as typed parts is the text of its ``text`` parts joined by newlines; other parts
   (images, audio, files) cannot be scored by a text model: they are dropped and counted (`dropped_parts`);
 * an assistant turn's tool calls follow its text, one per line: ``Tool call: name(arguments)``; a turn with
@@ -34,7 +40,9 @@ __all__ = [
     "Conversation",
     "MessageError",
     "Turn",
+    "canonical_prompt",
     "from_messages",
+    "from_prompt",
     "hh_messages",
     "render_pair",
 ]
@@ -74,10 +82,25 @@ class Conversation:
 
 
 def render_pair(history: Sequence[Turn], response: str) -> tuple[str, str]:
-    """(prompt text, response text) of a conversation; the one rendering of training-free serving paths."""
-    if len(history) == 1 and history[0].role == "user":
-        return history[0].text, response
-    return "".join(f"\n\n{ROLE_NAMES[t.role]}: {t.text}" for t in history).strip(), response
+    """(prompt text, response text) of a conversation: the one rendering that training and serving share
+    (see the module docstring). Rendering is idempotent: `from_prompt` of a rendered prompt renders to it."""
+    parts = [f"{ROLE_NAMES[t.role]}: {t.text.strip()}" for t in history]
+    if history and history[0].role == "user":
+        parts[0] = history[0].text.strip()
+    return "\n\n".join(parts), response.strip()
+
+
+def from_prompt(prompt: str, response: str = "") -> Conversation:
+    """A prompt string and its response as a `Conversation`: an HH-RLHF transcript prompt (``Human: a\\n\\n
+    Assistant: b\\n\\nHuman: c\\n\\nAssistant:``, with or without the leading blank line, with or without the
+    closing ``Assistant:``) becomes its turns; any other text is one user turn."""
+    turns = _transcript_turns(prompt)
+    return Conversation(turns if turns else (Turn("user", prompt),), response)
+
+
+def canonical_prompt(prompt: str) -> str:
+    """The prompt text a model is given for `prompt` (`from_prompt`, then `render_pair`)."""
+    return from_prompt(prompt).pair()[0]
 
 
 def _get(m: Any, key: str) -> Any:
@@ -164,14 +187,33 @@ def from_messages(messages: Sequence[Any], *, field: str = "messages", response_
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+_HH_ROLES = {"Human": "user", "Assistant": "assistant"}
+
+
+def _hh_parts(prompt: str) -> list[tuple[str, str]] | None:
+    """(label, text) of each turn of an HH-style transcript (``Human:``/``Assistant:`` turns, each after a blank
+    line, the first one's optional); None when `prompt` does not open with a turn."""
+    parts = _HH_TURN.split(prompt if prompt.startswith("\n\n") else "\n\n" + prompt)
+    if len(parts) < 3 or parts[0].strip():
+        return None
+    return list(zip(parts[1::2], parts[2::2], strict=True))
+
+
+def _transcript_turns(prompt: str) -> tuple[Turn, ...] | None:
+    """The turns of an HH-style transcript that opens with ``Human:`` and may close with an empty
+    ``Assistant:``; None when `prompt` is not one."""
+    parts = _hh_parts(prompt)
+    if not parts or parts[0][0] != "Human":
+        return None
+    if parts[-1][0] == "Assistant" and not parts[-1][1].strip():
+        parts.pop()  # the closing "Assistant:" that the response follows
+    return tuple(Turn(_HH_ROLES[r], c.strip()) for r, c in parts)
 
 
 def hh_messages(prompt: str) -> list[dict[str, str]] | None:
     """An HH-RLHF transcript prompt (``\\n\\nHuman: ...\\n\\nAssistant:``) as chat messages; None when it is
     not one."""
-    text = prompt if prompt.startswith("\n\n") else "\n\n" + prompt
-    parts = _HH_TURN.split(text)
-    if len(parts) < 3 or parts[0].strip() or parts[-2] != "Assistant" or parts[-1].strip():
+    parts = _hh_parts(prompt)
+    if not parts or parts[-1][0] != "Assistant" or parts[-1][1].strip():
         return None
-    roles = {"Human": "user", "Assistant": "assistant"}
-    return [{"role": roles[r], "content": c.strip()} for r, c in zip(parts[1:-2:2], parts[2:-2:2], strict=True)]
+    return [{"role": _HH_ROLES[r], "content": c.strip()} for r, c in parts[:-1]]

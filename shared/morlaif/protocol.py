@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from morlaif.conversation import Conversation, MessageError, Turn, from_messages
+from morlaif.conversation import Conversation, MessageError, from_messages, from_prompt
 from morlaif.principles import PRINCIPLE_NAME_RE
 
 __all__ = [
@@ -226,20 +226,18 @@ class ScoreItem(_Model):
         return self
 
     def conversation(self) -> Conversation:
-        """The item as a `Conversation` (a prompt/response pair is one user turn and the response)."""
+        """The item as a `Conversation`: a prompt/response pair by `morlaif.conversation.from_prompt` (an HH
+        transcript prompt becomes its turns, any other text one user turn)."""
         if self._conversation is None:
             if self.messages is None:
                 assert self.prompt is not None and self.response is not None
-                self._conversation = Conversation((Turn("user", self.prompt),), self.response)
+                self._conversation = from_prompt(self.prompt, self.response)
             else:
                 self._conversation = from_messages(self.messages)
         return self._conversation
 
     def as_pair(self) -> tuple[str, str]:
         """(prompt text, response text), rendered by `morlaif.conversation.render_pair`."""
-        if self.messages is None:
-            assert self.prompt is not None and self.response is not None
-            return self.prompt, self.response
         return self.conversation().pair()
 
 

@@ -12,7 +12,7 @@ from pm_server.model.package import find_packages
 from pm_server.serving.api import create_app
 from pm_server.serving.config import ServerSettings
 from pm_server.training.evaluation import Accuracy, PackageScorer, labelled_margins
-from pm_server.training.pairs import prompt_bucket, read_pairs
+from pm_server.training.pairs import pair_bucket, read_pairs
 
 ROOT = Path(__file__).resolve().parents[2] / "adapters"
 DEFAULTS = {"helpfulness", "harmlessness", "factuality", "sycophancy", "single_pm"}
@@ -45,7 +45,7 @@ def test_default_package_reproduces_its_validation_accuracy(principle, file, sha
     pkg = scorer.load(principle)
     split = pkg.manifest.provenance["split"]
     pairs = [p for p in read_pairs(shared_data / file) if p.principle == principle]
-    val = [p for p in pairs if prompt_bucket(p.prompt, split["salt"]) < split["val_fraction"]]
+    val = [p for p in pairs if pair_bucket(p, split["salt"]) < split["val_fraction"]]
     assert len(val) == pkg.manifest.metrics["val_pairs"]
     acc = Accuracy.of(labelled_margins(scorer.pair_scores(principle, val), val))
     assert acc.value == pytest.approx(pkg.manifest.metrics["val_accuracy"], abs=2e-3)

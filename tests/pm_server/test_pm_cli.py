@@ -126,16 +126,26 @@ def test_train_eval_publish_end_to_end(tmp_path, tiny_encoder_dir, live_server):
     assert per["politeness"]["pm"]["accuracy"] > 0.9 and per["politeness"]["pm"]["n"] < 100  # validation prompts only
     assert per["shortness"]["longer_wins"]["accuracy"] == 0.0  # the baseline is computed, not assumed
     assert per["politeness"]["single_pm"]["n"] == per["politeness"]["pm"]["n"]
+    # the length preference: shortness's better reply is always the shorter one, and its PM learnt that
+    ln = per["shortness"]["length"]
+    assert ln["longer_chosen"]["n"] == 0 and ln["shorter_chosen"]["n"] == per["shortness"]["pm"]["n"]
+    assert ln["shorter_chosen"]["accuracy"] > 0.9 and ln["prefers_longer"] < 0.1 and ln["score_length_corr"] < 0
+    assert per["shortness"]["per_source"].keys() == {"short"}  # per data set (the file's stem as its source)
+    assert per["shortness"]["per_source"]["short"]["pm"] == per["shortness"]["pm"]
     mo = result["multi_objective"]
     assert mo["fit_pairs"] + mo["test_pairs"] == 200
     assert set(mo["per_scalarizer"]) >= {"linear", "max_min", "median", "lower_quantile"}
     assert mo["per_scalarizer"]["linear"]["accuracy"] > 0.8
     assert mo["single_pm"]["name"] == "single_pm"
+    kind = mo["per_kind"]["helpfulness"]  # the served (fitted linear) reward per kind of human preference
+    assert kind["pairs"] == mo["test_pairs"] and kind["reward"] == mo["per_scalarizer"]["linear"]
+    assert kind["single_pm"]["accuracy"] == mo["single_pm"]["accuracy"]
     for png in ("principles.png", "scalarizers.png", "agreement.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "scalarizer `linear`" in report and "![agreement](agreement.png)" in report
     assert "| politeness | v1 |" in report and "single PM |" in report
+    assert "| shortness | short |" in report and "| helpfulness | " in report  # per data set, per kind
     spec = ScalarizerSpec.from_file(out / "weights.json")
     assert spec.name == "linear" and set(spec.weights or {}) == {"politeness", "shortness"}
     assert all(w >= 0 for w in spec.weights.values()) and sum(spec.weights.values()) > 0

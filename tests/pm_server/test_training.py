@@ -22,6 +22,8 @@ from pm_server.training.trainer import (
     TrainError,
     bradley_terry_loss,
     default_layers,
+    length_balance_weights,
+    length_correlation,
     pair_accuracy,
     train_pm,
 )
@@ -52,6 +54,67 @@ def test_bradley_terry_loss_hand_computed():
     d = torch.tensor([0.0], requires_grad=True)
     bradley_terry_loss(d, torch.tensor([0.0]), torch.tensor([0.5])).backward()
     assert float(d.grad) == pytest.approx(0.0)
+
+
+def test_weighted_loss_and_length_balance_weights():
+    c, r, p = torch.tensor([2.0, 0.0]), torch.tensor([0.0, 0.0]), torch.tensor([1.0, 1.0])
+    w = torch.tensor([3.0, 1.0])
+    want = (3 * math.log1p(math.exp(-2)) + math.log(2)) / 2
+    assert float(bradley_terry_loss(c, r, p, weight=w)) == pytest.approx(want)
+    # source a: 3 chosen-longer, 1 chosen-shorter, 1 tie; source b: only chosen-longer (cannot be balanced)
+    chosen = [10, 12, 9, 3, 5, 8, 8]
+    rejected = [5, 6, 2, 7, 5, 1, 2]
+    groups = ["a", "a", "a", "a", "a", "b", "b"]
+    weights = length_balance_weights(chosen, rejected, groups)
+    assert sum(weights) / len(weights) == pytest.approx(1.0)
+    raw = [x / weights[4] for x in weights]  # the tie keeps weight 1 before scaling
+    assert raw[:4] == pytest.approx([4 / 6, 4 / 6, 4 / 6, 2.0]) and raw[5:] == pytest.approx([1.0, 1.0])
+    assert sum(raw[:3]) == pytest.approx(raw[3])  # longer and shorter weigh the same within source a
+
+
+def test_length_correlation_is_pearsons_and_zero_for_a_constant():
+    g = torch.Generator().manual_seed(0)
+    s, n = torch.randn(50, generator=g), torch.randint(1, 100, (50,), generator=g)
+    want = float(torch.corrcoef(torch.stack([s, n.float()]))[0, 1])
+    assert float(length_correlation(s, n)) == pytest.approx(want, abs=1e-5)
+    assert float(length_correlation(s, torch.full((50,), 7))) == 0.0
+    x = s.clone().requires_grad_(True)
+    (length_correlation(x, n) ** 2).backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+def test_the_length_penalty_trains_the_length_shortcut_out(tmp_path, tiny_encoder_dir):
+    """Pairs whose only signal is length (the chosen reply is longer, words random): the plain loss learns
+    "longer wins"; with the decorrelation term the score stops tracking length."""
+    import random
+
+    from rigs.pm_packages import sentence
+
+    rng = random.Random(3)
+    pairs = [
+        Pair(prompt=f"q{i}", chosen=sentence(rng, rng.randint(8, 14)), rejected=sentence(rng, rng.randint(2, 6)))
+        for i in range(240)
+    ]
+    corr = {}
+    for penalty in (0.0, 20.0):
+        res = train_pm(
+            pairs,
+            principle="length",
+            config=TrainConfig(base=str(tiny_encoder_dir), length_penalty=penalty, **FAST),
+            out_root=tmp_path / f"a{penalty}",
+            run_dir=tmp_path / f"r{penalty}",
+            version="v1",
+            progress=False,
+        )
+        assert res.package_dir.is_dir()
+        scorer = PackageScorer(load_base(str(tiny_encoder_dir)), tmp_path / f"a{penalty}")
+        scorer.load("length")
+        _, val = split_by_prompt(pairs, 0.15, salt="val0")
+        from pm_server.training.evaluation import length_preference
+
+        corr[penalty] = length_preference(scorer.pair_scores("length", val), val)["score_length_corr"]
+    assert corr[0.0] > 0.5, corr
+    assert abs(corr[20.0]) < corr[0.0] / 2, corr
 
 
 def test_pair_accuracy_follows_the_label_side_and_halves_ties():

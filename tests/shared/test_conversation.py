@@ -109,15 +109,15 @@ def test_a_fixed_template_or_none():
 
 def test_plain_text_split_from_the_prompt():
     p = parse_query("Human: hi\n\nAssistant: Hello!</s><pad><pad>", "Human: hi\n\nAssistant:")
-    assert (p.split, p.conversation.pair(), p.stripped) == ("prefix", ("Human: hi\n\nAssistant:", " Hello!"), 3)
+    assert (p.split, p.conversation.pair(), p.stripped) == ("prefix", ("hi", "Hello!"), 3)
     # a decode round trip that changed spaces
     p = parse_query("2 + 2? 4", "2 + 2 ?")
-    assert (p.split, p.conversation.pair()) == ("fuzzy", ("2 + 2 ?", " 4"))
+    assert (p.split, p.conversation.pair()) == ("fuzzy", ("2 + 2 ?", "4"))
     # OpenRLHF left-truncates a long prompt and sends the original
     prompt = "Some long context that the policy saw only the end of. " * 4 + "Question: what now?"
     query = prompt[-(MIN_FUZZY_OVERLAP + 20) :] + " Answer."
     p = parse_query(query, prompt)
-    assert (p.split, p.conversation.pair()) == ("fuzzy", (prompt, " Answer."))
+    assert (p.split, p.conversation.pair()) == ("fuzzy", (prompt, "Answer."))
     # a coincidental short overlap is not a split: the whole query is the response, the prompt its context
     p = parse_query("o world", "Hello")
     assert (p.split, p.conversation.pair()) == ("unmatched", ("Hello", "o world"))

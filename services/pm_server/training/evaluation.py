@@ -164,34 +164,97 @@ def coin_flip(n: int, seed: int = 0) -> Accuracy:
     return Accuracy.of(torch.randint(0, 2, (n,), generator=g).float() * 2 - 1)
 
 
-def principle_report(scorer: PackageScorer, name: str, pairs: Sequence[Pair]) -> dict[str, Any]:
-    """Accuracy of package `name` on `pairs` and the three baselines."""
-    pm = Accuracy.of(labelled_margins(scorer.pair_scores(name, pairs), pairs))
-    untrained = Accuracy.of(labelled_margins(scorer.pair_scores(None, pairs), pairs))
+def _pearson(x: torch.Tensor, y: torch.Tensor) -> float:
+    x, y = x.double() - x.double().mean(), y.double() - y.double().mean()
+    denom = float(x.norm() * y.norm())
+    return float((x * y).sum()) / denom if denom > 0 else 0.0
+
+
+def length_preference(scores: torch.Tensor, pairs: Sequence[Pair]) -> dict[str, Any]:
+    """How much a scorer's preferences follow response length (in characters) on `pairs`; `scores` is (N, 2),
+    chosen then rejected.
+
+    * ``shorter_chosen``: accuracy on the pairs whose labelled-better response is the shorter one; below 0.5 a
+      scorer prefers length over what the label rewards;
+    * ``longer_chosen``: accuracy on the pairs whose labelled-better response is the longer one;
+    * ``prefers_longer``: of the pairs of unequal length, the share where the scorer scores the longer one higher
+      (the labels' own share is ``longer_chosen_share``);
+    * ``score_length_corr``: Pearson correlation of score with length over every response scored.
+    """
+    margins = labelled_margins(scores, pairs)
+    d_len = length_margins(pairs)  # labelled side's length minus the other's
+    longer = torch.tensor([len(x.chosen) - len(x.rejected) for x in pairs], dtype=torch.float64)
+    unequal = longer != 0
+    score_d = (scores[:, 0] - scores[:, 1]).double()
+    prefers = (torch.sign(score_d) == torch.sign(longer))[unequal].float()
+    lengths = torch.tensor([float(len(x.chosen)) for x in pairs] + [float(len(x.rejected)) for x in pairs])
     return {
-        "principle": name,
-        "version": scorer.packages[name].version,
-        "pm": pm.to_dict(),
-        "longer_wins": Accuracy.of(length_margins(pairs)).to_dict(),
-        "untrained_head": untrained.to_dict(),
-        "coin_flip": coin_flip(len(pairs)).to_dict(),
+        "shorter_chosen": Accuracy.of(margins[d_len < 0]).to_dict(),
+        "longer_chosen": Accuracy.of(margins[d_len > 0]).to_dict(),
+        "longer_chosen_share": round(float((d_len > 0).float().mean()), 4) if len(pairs) else None,
+        "prefers_longer": round(float(prefers.mean()), 4) if prefers.numel() else None,
+        "score_length_corr": round(_pearson(torch.cat([scores[:, 0], scores[:, 1]]), lengths), 4),
     }
 
 
+def principle_report(
+    scorer: PackageScorer, name: str, pairs: Sequence[Pair], *, single: str | None = None
+) -> dict[str, Any]:
+    """Accuracy of package `name` on `pairs` (and of the `single` pooled PM), the baselines, its length
+    preference (`length_preference`), and the same per data source (`Pair.source`)."""
+    scores = scorer.pair_scores(name, pairs)
+    single_scores = scorer.pair_scores(single, pairs) if single is not None else None
+    untrained = Accuracy.of(labelled_margins(scorer.pair_scores(None, pairs), pairs))
+    report: dict[str, Any] = {
+        "principle": name,
+        "version": scorer.packages[name].version,
+        "pm": Accuracy.of(labelled_margins(scores, pairs)).to_dict(),
+        "longer_wins": Accuracy.of(length_margins(pairs)).to_dict(),
+        "untrained_head": untrained.to_dict(),
+        "coin_flip": coin_flip(len(pairs)).to_dict(),
+        "length": length_preference(scores, pairs),
+    }
+    if single_scores is not None:
+        report["single_pm"] = Accuracy.of(labelled_margins(single_scores, pairs)).to_dict()
+    per_source = {}
+    for source in sorted({p.source for p in pairs}):
+        idx = [i for i, p in enumerate(pairs) if p.source == source]
+        part = [pairs[i] for i in idx]
+        row = {
+            "pm": Accuracy.of(labelled_margins(scores[idx], part)).to_dict(),
+            "longer_wins": Accuracy.of(length_margins(part)).to_dict(),
+            "length": length_preference(scores[idx], part),
+        }
+        if single_scores is not None:
+            row["single_pm"] = Accuracy.of(labelled_margins(single_scores[idx], part)).to_dict()
+        per_source[source] = row
+    report["per_source"] = per_source
+    return report
+
+
 # ------------------------------------------------------------------------------------ multi-objective
-def fit_weights(diffs: torch.Tensor, *, l2: float = 1e-3, steps: int = 2000, lr: float = 0.05) -> torch.Tensor:
-    """Non-negative w maximising sum log s(diffs @ w) - l2 |w|^2: logistic regression without intercept.
+def fit_weights(
+    diffs: torch.Tensor,
+    *,
+    sample_weight: torch.Tensor | None = None,
+    l2: float = 1e-3,
+    steps: int = 2000,
+    lr: float = 0.05,
+) -> torch.Tensor:
+    """Non-negative w maximising mean log s(diffs @ w) - l2 |w|^2: logistic regression without intercept.
 
     `diffs` is (N, P): per-principle score of the human-preferred response minus the other's. Without an
-    intercept the model is symmetric (swapping a pair flips the sign), as a preference should be.
-    Projected gradient descent: the problem is convex and P is small.
+    intercept the model is symmetric (swapping a pair flips the sign), as a preference should be. With
+    `sample_weight` (N,), a weighted mean. Projected gradient descent: the problem is convex and P is small.
     """
     x = diffs.double()
+    sw = None if sample_weight is None else sample_weight.double() / sample_weight.double().mean()
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([w], lr=lr)
     for _ in range(steps):
         opt.zero_grad()
-        loss = -torch.nn.functional.logsigmoid(x @ w).mean() + l2 * (w * w).sum()
+        ll = torch.nn.functional.logsigmoid(x @ w)
+        loss = -(ll if sw is None else ll * sw).mean() + l2 * (w * w).sum()
         loss.backward()
         opt.step()
         with torch.no_grad():
@@ -217,6 +280,9 @@ class MultiObjectiveResult:
     single_pm: Accuracy | None = None
     single_pm_name: str | None = None
     longer_wins: Accuracy | None = None
+    #: per kind of human preference (the pairs' principle, e.g. helpfulness and harmlessness): test accuracy of
+    #: the fitted reward, of each principle alone, of the single PM, and of "longer wins"
+    per_kind: dict[str, dict[str, Any]] = field(default_factory=dict)
     margins: dict[str, torch.Tensor] = field(default_factory=dict)  # per principle, over fit and test pairs
 
     def to_dict(self) -> dict[str, Any]:
@@ -229,6 +295,7 @@ class MultiObjectiveResult:
             "per_principle": {k: v.to_dict() for k, v in self.per_principle.items()},
             "single_pm": None if self.single_pm is None else {"name": self.single_pm_name, **self.single_pm.to_dict()},
             "longer_wins": None if self.longer_wins is None else self.longer_wins.to_dict(),
+            "per_kind": self.per_kind,
         }
 
 
@@ -241,7 +308,9 @@ def multi_objective(
     single_pm: str | None = None,
     salt: str = "fit",
 ) -> MultiObjectiveResult:
-    """Fit weights on a fitting split of `human` (by prompt), report test accuracy per scalarizer."""
+    """Fit weights on a fitting split of `human` (by prompt), report test accuracy per scalarizer, and per kind of
+    preference (`Pair.principle`: helpful and harmless human preferences are fitted together, each kind weighing
+    the same in the fit however many pairs it has)."""
     test, fit = split_by_prompt(human, fit_fraction, salt=salt)
     if not fit or not test:
         raise ValueError(f"{len(human)} human pairs are too few to split into fitting and test prompts")
@@ -257,7 +326,8 @@ def multi_objective(
         return s[:, 0, :], s[:, 1, :]
 
     fit_c, fit_r = scores(fit)
-    w = fit_weights(fit_c - fit_r)
+    kind_count = {k: sum(1 for p in fit if p.principle == k) for k in {p.principle for p in fit}}
+    w = fit_weights(fit_c - fit_r, sample_weight=torch.tensor([1.0 / kind_count[p.principle] for p in fit]))
     if float(w.sum()) <= 0:
         logger.warning("no principle's PM agrees with the fitting pairs; falling back to equal weights")
         w = torch.ones(len(names))
@@ -280,10 +350,25 @@ def multi_objective(
         res.per_scalarizer[sname] = accuracy(a, b)
     for i, n in enumerate(names):
         res.per_principle[n] = accuracy(test_c[:, i], test_r[:, i])
-    if single_pm is not None:
-        s = scorer.pair_scores(single_pm, test)
-        res.single_pm, res.single_pm_name = accuracy(s[:, 0], s[:, 1]), single_pm
+    single = scorer.pair_scores(single_pm, test) if single_pm is not None else None
+    if single is not None:
+        res.single_pm, res.single_pm_name = accuracy(single[:, 0], single[:, 1]), single_pm
     res.longer_wins = Accuracy.of(length_margins(test))
+    reward_c = scalarize(test_c, names, name="linear", weights=weights)
+    reward_r = scalarize(test_r, names, name="linear", weights=weights)
+    for kind in sorted({p.principle for p in test}):
+        idx = [i for i, p in enumerate(test) if p.principle == kind]
+        part = [test[i] for i in idx]
+        row: dict[str, Any] = {
+            "pairs": len(idx),
+            "reward": accuracy(reward_c[idx], reward_r[idx]).to_dict(),
+            "per_principle": {n: accuracy(test_c[idx, i], test_r[idx, i]).to_dict() for i, n in enumerate(names)},
+            "longer_wins": Accuracy.of(length_margins(part)).to_dict(),
+            "reward_length": length_preference(torch.stack([reward_c[idx], reward_r[idx]], dim=1), part),
+        }
+        if single is not None:
+            row["single_pm"] = accuracy(single[idx, 0], single[idx, 1]).to_dict()
+        res.per_kind[kind] = row
     return res
 
 

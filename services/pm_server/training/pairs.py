@@ -8,8 +8,13 @@ A data spec names a file, optionally with the principle its pairs are for: ``pat
 * Anthropic HH-RLHF in its native format (``{"chosen", "rejected"}`` transcripts, ``.jsonl`` or ``.jsonl.gz``):
   the principle must be given in the spec, e.g. ``harmlessness=harmless-base-dev.jsonl.gz``.
 
-Splits are by prompt, never by pair: all pairs of one prompt land on the same side, so validation
-accuracy measures generalisation to new prompts, not memory of a prompt's other pairs.
+Every prompt is held in the one rendering that serving uses (`morlaif.conversation.canonical_prompt`: an HH
+transcript becomes ``a\\n\\nAssistant: b\\n\\nHuman: c``, as the same conversation sent as chat messages does), and
+responses are stripped: a PM trains on the text it will be served.
+
+Splits are by the prompt's opening turn, never by pair: all pairs of one prompt, and of every dialogue that
+opens with the same human turn, land on the same side, so validation accuracy measures generalisation to
+new prompts, not memory of a prompt's other pairs.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from morlaif.conversation import canonical_prompt
 from morlaif.jsonl import JsonlError, iter_objects
 from morlaif.principles import PRINCIPLE_NAME_RE
 from morlaif.store.importers import detect_format, read_hh
@@ -33,6 +39,7 @@ __all__ = [
     "PairDataError",
     "file_sha256",
     "parse_spec",
+    "pair_bucket",
     "prompt_bucket",
     "read_pairs",
     "split_by_prompt",
@@ -56,6 +63,11 @@ class Pair:
     margin: float = 0.0
     principle: str = ""
     source: str = ""
+
+    def __post_init__(self) -> None:  # the one rendering training and serving share (module docstring)
+        object.__setattr__(self, "prompt", canonical_prompt(self.prompt))
+        object.__setattr__(self, "chosen", self.chosen.strip())
+        object.__setattr__(self, "rejected", self.rejected.strip())
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,16 +173,30 @@ def store_pairs(url: str, principle: str, *, judge: str | None = None) -> list[P
 
 
 def prompt_bucket(prompt: str, salt: str = "") -> float:
-    """A number in [0, 1) fixed by the prompt's text: the same prompt always falls in the same split."""
-    h = hashlib.sha256(f"{salt}\x00{prompt}".encode()).digest()
+    """A number in [0, 1) fixed by the prompt's opening turn (its canonical rendering up to the first
+    ``Assistant:``): the same prompt, and every dialogue that opens as it does, always falls in the same split."""
+    opening = canonical_prompt(prompt).split("\n\nAssistant:", 1)[0]
+    return _bucket(opening, salt)
+
+
+def _bucket(key: str, salt: str) -> float:
+    h = hashlib.sha256(f"{salt}\x00{key}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64
+
+
+def pair_bucket(pair: Pair, salt: str = "") -> float:
+    """`prompt_bucket` of the pair's prompt; a pair without a prompt (ParaDetox's sentence rewrites) is placed by
+    its rejected response, so every rewrite of one original sentence lands on the same side."""
+    if pair.prompt.strip():
+        return prompt_bucket(pair.prompt, salt)
+    return _bucket("\x01no prompt\x01" + pair.rejected, salt)
 
 
 def split_by_prompt(pairs: Sequence[Pair], fraction: float, *, salt: str = "") -> tuple[list[Pair], list[Pair]]:
     """(rest, held out): about `fraction` of the prompts, with all their pairs, are held out."""
     rest, held = [], []
     for pair in pairs:
-        (held if prompt_bucket(pair.prompt, salt) < fraction else rest).append(pair)
+        (held if pair_bucket(pair, salt) < fraction else rest).append(pair)
     return rest, held
 
 
@@ -261,13 +287,13 @@ def write_split(
     pairs: Sequence[Pair], out_dir: Path, parts: Sequence[tuple[str, float]], *, salt: str
 ) -> dict[str, int]:
     """Write `pairs` as pair JSONL, `out_dir/<name>.jsonl` per named part, each prompt's pairs in the part its
-    `prompt_bucket` falls in (fractions in order, summing to 1); the number of pairs written per part."""
+    `pair_bucket` falls in (fractions in order, summing to 1); the number of pairs written per part."""
     out_dir.mkdir(parents=True, exist_ok=True)
     handles = {n: (out_dir / f"{n}.jsonl").open("w", encoding="utf-8") for n, _ in parts}
     counts = dict.fromkeys(handles, 0)
     try:
         for p in pairs:
-            u, acc = prompt_bucket(p.prompt, salt), 0.0
+            u, acc = pair_bucket(p, salt), 0.0
             for n, f in parts:
                 acc += f
                 if u < acc or n == parts[-1][0]:

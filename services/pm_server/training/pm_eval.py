@@ -16,7 +16,6 @@ from morlaif.errors import MorlaifError
 from pm_server.model.base import load_base
 from pm_server.model.package import PackageError, find_packages
 from pm_server.training.evaluation import (
-    Accuracy,
     PackageScorer,
     agreement_matrix,
     fmt,
@@ -25,7 +24,7 @@ from pm_server.training.evaluation import (
     principle_report,
     write_scalarizer_file,
 )
-from pm_server.training.pairs import Pair, PairDataError, load_pairs, prompt_bucket
+from pm_server.training.pairs import Pair, PairDataError, load_pairs, pair_bucket
 from pm_server.training.report import write_figures, write_markdown
 
 __all__ = ["EvalError", "run_pm_eval"]
@@ -34,6 +33,19 @@ __all__ = ["EvalError", "run_pm_eval"]
 class EvalError(MorlaifError):
     """`pm eval` cannot run as asked: no such package, no data, a base that does not load, a package without
     the validation split that --validation-only needs. The message names the option or package."""
+
+
+def _unique(pairs: list[Pair]) -> list[Pair]:
+    """`pairs` without repeats (one file given with and without a principle override holds some pairs twice):
+    no pair counts twice in an accuracy."""
+    seen: set[tuple[str, str, str, str]] = set()
+    out = []
+    for p in pairs:
+        key = (p.prompt, p.chosen, p.rejected, p.principle)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
 
 
 def run_pm_eval(
@@ -74,6 +86,7 @@ def run_pm_eval(
         human_pairs, human_sources = load_pairs(human, None, None, None)
     except PairDataError as e:
         raise EvalError(str(e)) from None
+    pairs, human_pairs = _unique(pairs), _unique(human_pairs)
     try:
         b = load_base(base, device=device, dtype=dtype)
     except (OSError, ValueError) as e:
@@ -91,7 +104,7 @@ def run_pm_eval(
             return part
         if "val_fraction" not in split:
             raise EvalError(f"package {name} records no validation split; drop --validation-only")
-        return [p for p in part if prompt_bucket(p.prompt, split.get("salt", "")) < split["val_fraction"]]
+        return [p for p in part if pair_bucket(p, split.get("salt", "")) < split["val_fraction"]]
 
     result: dict[str, Any] = {
         "base": base,
@@ -104,11 +117,15 @@ def run_pm_eval(
     for n in names:
         own = held_out(n, [p for p in pairs if p.principle == n])
         if own:
-            r = principle_report(scorer, n, own)
-            if single is not None:  # same prompts held out (same split salt): a fair per-principle comparison
-                r["single_pm"] = Accuracy.of(labelled_margins(scorer.pair_scores(single, own), own)).to_dict()
+            # the single PM on the same held-out prompts (same split salt): a fair per-principle comparison
+            r = principle_report(scorer, n, own, single=single)
             result["per_principle"].append(r)
-            echo(f"{n}: PM {fmt(r['pm'])}  longer {fmt(r['longer_wins'])}  untrained {fmt(r['untrained_head'])}")
+            echo(
+                f"{n}: PM {fmt(r['pm'])}  shorter chosen {fmt(r['length']['shorter_chosen'])}  "
+                f"longer wins {fmt(r['longer_wins'])}  untrained {fmt(r['untrained_head'])}"
+            )
+            for source, row in r["per_source"].items():
+                echo(f"  {source}: PM {fmt(row['pm'])}  shorter chosen {fmt(row['length']['shorter_chosen'])}")
     if human_pairs:
         try:
             mo = multi_objective(scorer, names, human_pairs, fit_fraction=fit_fraction, single_pm=single)
@@ -124,6 +141,9 @@ def run_pm_eval(
         echo(f"human preferences ({mo.test_pairs} test pairs): best scalarizer {best[0]} {fmt(best[1])}")
         if mo.single_pm is not None:
             echo(f"single PM {single}: {fmt(mo.single_pm)}")
+        for kind, row in mo.per_kind.items():
+            single_txt = f"  single PM {fmt(row['single_pm'])}" if "single_pm" in row else ""
+            echo(f"  {kind or 'unlabelled'} ({row['pairs']} pairs): fitted reward {fmt(row['reward'])}{single_txt}")
         echo(f"fitted weights: {json.dumps(mo.weights)} -> {weights_file}")
     elif result["per_principle"]:
         # without human pairs, the agreement heatmap is over all evaluated pairs

@@ -101,6 +101,71 @@ def write_figures(result: dict[str, Any], out_dir: Path) -> list[Path]:
     return written
 
 
+def _num(x: Any) -> str:
+    return "n/a" if x is None else f"{x:.2f}"
+
+
+def _per_source(per: list[dict[str, Any]], has_single: bool) -> list[str]:
+    """Per data set: accuracy, the single PM's, "longer wins", accuracy where the chosen reply is the shorter
+    (and the longer) one, how often the PM prefers the longer reply, and its score's correlation with length."""
+    lines = [
+        "## Per data set, and the length preference",
+        "",
+        "Validation pairs of each data set. *shorter chosen*: accuracy on the pairs whose better reply is the "
+        "shorter one (below 0.5: the PM prefers length over what the label rewards). *prefers longer*: share of "
+        "the pairs of unequal length where the PM scores the longer reply higher, beside the labels' own share "
+        "(*longer chosen*). *corr*: Pearson correlation of score with length (characters).",
+        "",
+    ]
+    head = "| principle | data set | pairs | PM |" + (" single PM |" if has_single else "")
+    head += " longer wins | shorter chosen | longer chosen | prefers longer | longer chosen share | corr |"
+    lines += [head, "|---" * (head.count("|") - 1) + "|"]
+    for r in per:
+        rows = [("all", r)] + list((r.get("per_source") or {}).items())
+        for source, row in rows:
+            ln = row.get("length") or {}
+            if not ln:
+                continue
+            single = ""
+            if has_single:
+                single = f" {fmt(row['single_pm'])} |" if "single_pm" in row else " n/a |"
+            lines.append(
+                f"| {r['principle']} | {source} | {row['pm']['n']} | {fmt(row['pm'])} |{single} "
+                f"{fmt(row['longer_wins'])} | {fmt(ln['shorter_chosen'])} | {fmt(ln['longer_chosen'])} | "
+                f"{_num(ln['prefers_longer'])} | {_num(ln['longer_chosen_share'])} | {_num(ln['score_length_corr'])} |"
+            )
+    lines.append("")
+    return lines
+
+
+def _per_kind(mo: dict[str, Any]) -> list[str]:
+    """The fitted reward (what /get_reward serves) per kind of human preference, against the single PM."""
+    kinds = mo.get("per_kind") or {}
+    if not kinds:
+        return []
+    names = mo["principles"]
+    head = "| human preference | pairs | fitted reward | single PM | longer wins | reward: shorter chosen | "
+    head += " | ".join(f"`{n}` alone" for n in names) + " |"
+    lines = [
+        "### The served reward on each kind of human preference",
+        "",
+        "The fitted linear reward (what `/get_reward` serves with the written weights.json) on the held-out test "
+        "pairs of each kind, against the single pooled PM and each principle alone (95% intervals).",
+        "",
+        head,
+        "|---" * (head.count("|") - 1) + "|",
+    ]
+    for kind, row in kinds.items():
+        single = fmt(row["single_pm"]) if "single_pm" in row else "n/a"
+        alone = " | ".join(fmt(row["per_principle"][n]) for n in names)
+        lines.append(
+            f"| {kind or 'unlabelled'} | {row['pairs']} | {fmt(row['reward'])} | {single} | "
+            f"{fmt(row['longer_wins'])} | {fmt(row['reward_length']['shorter_chosen'])} | {alone} |"
+        )
+    lines.append("")
+    return lines
+
+
 def write_markdown(result: dict[str, Any], out_dir: Path, figures: list[Path]) -> Path:
     """report.md: the tables behind the figures, and what was evaluated on what."""
     lines = ["# PM evaluation", ""]
@@ -127,6 +192,7 @@ def write_markdown(result: dict[str, Any], out_dir: Path, figures: list[Path]) -
                 f"{fmt(r['longer_wins'])} | {fmt(r['untrained_head'])} | {fmt(r['coin_flip'])} |"
             )
         lines.append("")
+        lines += _per_source(per, has_single)
     mo = result.get("multi_objective")
     if mo:
         lines += [
@@ -151,6 +217,7 @@ def write_markdown(result: dict[str, Any], out_dir: Path, figures: list[Path]) -
         if mo.get("longer_wins"):
             lines.append(f"| longer wins | {fmt(mo['longer_wins'])} |")
         lines.append("")
+        lines += _per_kind(mo)
         if result.get("scalarizer_file"):
             lines += [
                 f"Fitted weights written to `{result['scalarizer_file']}` (serve with `MORLAIF_SCALARIZER_FILE`).",

@@ -60,6 +60,8 @@ __all__ = [
     "TrainError",
     "TrainResult",
     "bradley_terry_loss",
+    "length_balance_weights",
+    "length_correlation",
     "build_model",
     "default_layers",
     "pair_accuracy",
@@ -108,6 +110,15 @@ class TrainConfig:
     """Pairs per step (twice as many sequences)."""
     margin: float = 0.0
     """Margin m added to every pair's own: loss = -p log s(d - m) - (1 - p) log s(-d - m)."""
+    length_balance: bool = True
+    """Weight each pair so that, within each data source, pairs whose chosen response is the longer one weigh as
+    much in the loss as pairs whose chosen response is the shorter one: "longer wins" then earns nothing."""
+    length_penalty: float = 0.0
+    """Coefficient of a length-decorrelation term added to the loss: the squared Pearson correlation, over the
+    batch's chosen and rejected responses, of score and response length in tokens (after ODIN's decorrelation of
+    the reward from length; Chen et al., 2024, arXiv:2402.07319). 0 turns it off."""
+    bf16: bool = False
+    """bfloat16 autocast for training forwards (weights, optimizer state and the loss stay float32)."""
     val_fraction: float = 0.15
     """Fraction of prompts held out for validation, calibration and early stopping."""
     patience: int = 1
@@ -128,6 +139,7 @@ class TrainConfig:
             (0.0 < self.val_fraction < 1.0, "val_fraction must be in (0, 1)"),
             (self.learning_rate > 0, "learning_rate must be > 0"),
             (self.margin >= 0, "margin must be >= 0"),
+            (self.length_penalty >= 0, "length_penalty must be >= 0"),
             (self.patience >= 0, "patience must be >= 0"),
             (self.save_every >= 1, "save_every must be >= 1"),
             (not (self.head_only and self.full_finetune), "head_only and full_finetune exclude each other"),
@@ -154,14 +166,52 @@ class TrainResult:
 
 # --------------------------------------------------------------------------------------------- maths
 def bradley_terry_loss(
-    chosen: torch.Tensor, rejected: torch.Tensor, p: torch.Tensor, margin: torch.Tensor | float = 0.0
+    chosen: torch.Tensor,
+    rejected: torch.Tensor,
+    p: torch.Tensor,
+    margin: torch.Tensor | float = 0.0,
+    weight: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean soft Bradley-Terry loss: -p log s(d - m) - (1 - p) log s(-d - m), d = chosen - rejected.
 
-    p = 1 (a hard label) gives the usual reward-model loss -log s(d - m); p = 0.5 pulls d towards 0.
+    p = 1 (a hard label) gives the usual reward-model loss -log s(d - m); p = 0.5 pulls d towards 0. With
+    `weight` (B,), the mean of each pair's loss times its weight.
     """
     d = chosen - rejected  # (B,)
-    return -(p * F.logsigmoid(d - margin) + (1.0 - p) * F.logsigmoid(-d - margin)).mean()
+    losses = -(p * F.logsigmoid(d - margin) + (1.0 - p) * F.logsigmoid(-d - margin))
+    return (losses * weight).mean() if weight is not None else losses.mean()
+
+
+def length_correlation(scores: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation of `scores` (N,) with `lengths` (N,); 0 when either is constant. Differentiable in
+    `scores`: its square is the length-decorrelation term of `TrainConfig.length_penalty`."""
+    s = scores - scores.mean()
+    n = lengths.to(scores.dtype) - lengths.to(scores.dtype).mean()
+    denom = s.norm() * n.norm()
+    if float(denom.detach()) <= 1e-12:
+        return scores.new_zeros(())
+    return (s * n).sum() / denom
+
+
+def length_balance_weights(
+    chosen_lengths: Sequence[int], rejected_lengths: Sequence[int], groups: Sequence[str]
+) -> list[float]:
+    """Per-pair loss weights under which, within each group (data source), the pairs whose chosen response is
+    longer and those whose chosen response is shorter carry equal total weight; pairs of equal length, and every
+    pair of a group that has only one kind, weigh 1. Scaled to mean 1 over all pairs."""
+    kinds = [(c > r) - (c < r) for c, r in zip(chosen_lengths, rejected_lengths, strict=True)]
+    count: dict[tuple[str, int], int] = {}
+    for g, k in zip(groups, kinds, strict=True):
+        count[(g, k)] = count.get((g, k), 0) + 1
+    weights = []
+    for g, k in zip(groups, kinds, strict=True):
+        longer, shorter = count.get((g, 1), 0), count.get((g, -1), 0)
+        if k == 0 or not longer or not shorter:
+            weights.append(1.0)
+        else:
+            weights.append((longer + shorter) / (2 * (longer if k > 0 else shorter)))
+    mean = sum(weights) / len(weights) if weights else 1.0
+    return [w / mean for w in weights]
 
 
 def pair_accuracy(chosen: torch.Tensor, rejected: torch.Tensor, p: torch.Tensor) -> float:
@@ -232,6 +282,7 @@ class _Encoded:
     rejected: Encoded
     p: float
     margin: float
+    weight: float = 1.0  # the pair's loss weight (length balancing)
 
 
 def _forward_pairs(
@@ -436,7 +487,10 @@ def train_pm(
     dist.barrier()
     logger.info("wrote %s (val accuracy %.3f on %d pairs)", pkg_dir, val_acc, len(inputs.val))
     return TrainResult(
-        package_dir=pkg_dir, version=state["version"], metrics=metrics, history=list(state["history"]),
+        package_dir=pkg_dir,
+        version=state["version"],
+        metrics=metrics,
+        history=list(state["history"]),
         resumed_from_step=resumed_from,
     )
 
@@ -533,7 +587,15 @@ def _encode_pairs(base: BaseModel, config: TrainConfig, train: Sequence[Pair], v
             for x in part
         ]
 
-    return _Inputs(template=template, train=encode(train), val=encode(val), pad_id=pad_id, device=device)
+    train_enc = encode(train)
+    if config.length_balance:
+        w = length_balance_weights(
+            [e.chosen.response_tokens for e in train_enc],
+            [e.rejected.response_tokens for e in train_enc],
+            [x.source for x in train],
+        )
+        train_enc = [dataclasses.replace(e, weight=wi) for e, wi in zip(train_enc, w, strict=True)]
+    return _Inputs(template=template, train=train_enc, val=encode(val), pad_id=pad_id, device=device)
 
 
 def _steps_per_epoch(n_train: int, config: TrainConfig) -> int:
@@ -678,10 +740,18 @@ class _Loop:
         weight = len(mine) * dist.world_size / len(batch)
         if not mine:  # a last batch smaller than the ranks: a forward for DDP's sake, weighted 0
             mine = batch[:1]
-        chosen, rejected = _forward_pairs(self.ddp_model, mine, self.inputs.pad_id, device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+            chosen, rejected = _forward_pairs(self.ddp_model, mine, self.inputs.pad_id, device)
         p = torch.tensor([x.p for x in mine], device=device)
         m = torch.tensor([x.margin + self.config.margin for x in mine], device=device)
-        loss = bradley_terry_loss(chosen, rejected, p, m) * weight
+        w = torch.tensor([x.weight for x in mine], device=device)
+        loss = bradley_terry_loss(chosen, rejected, p, m, w)
+        if self.config.length_penalty > 0:
+            lengths = torch.tensor(
+                [x.chosen.response_tokens for x in mine] + [x.rejected.response_tokens for x in mine], device=device
+            )
+            loss = loss + self.config.length_penalty * length_correlation(torch.cat([chosen, rejected]), lengths) ** 2
+        loss = loss * weight
         self.opt.zero_grad(set_to_none=True)
         dist.backward(loss)
         dist.clip_grad_norm_([q for q in self.ddp_model.parameters() if q.requires_grad], 1.0)

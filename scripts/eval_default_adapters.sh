@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Evaluate the default adapter packages and regenerate docs/pm-eval/ from them: the one script behind every
+# figure there (scripts/train_default_adapters.sh ends by calling it).
+#
+#   scripts/eval_default_adapters.sh [ADAPTER_ROOT]          # ~10 min on a 2-core CPU
+#
+# `pm eval` on each PM's validation prompts (those its training held out), per data set, with the length
+# preference; the multi-objective fit on held-out HH-RLHF human preferences, helpful and harmless together,
+# against the single pooled PM; the fitted weights copied to ADAPTER_ROOT/weights.json (what /get_reward
+# serves). Then the tables of the benchmarks whose JSON is in $EVAL (benchmarks/pm_length_context.py,
+# benchmarks/base_comparison.py) are added to report.md by benchmarks/pm_eval_tables.py.
+# Env: DATA, BASE, DEVICE, MORLAIF, WORK, EVAL as scripts/train_default_adapters.sh.
+set -euo pipefail
+OUT=${1:-adapters}
+DATA=${DATA:-../shared/data}
+BASE=${BASE:-minilm}
+DEVICE=${DEVICE:-auto}
+MORLAIF=${MORLAIF:-morlaif}
+WORK=${WORK:-var/default-data}
+EVAL=${EVAL:-docs/pm-eval}
+PY=${PY:-python}
+
+for f in "$WORK"/hh-harmless/eval.jsonl "$WORK"/paradetox/use.jsonl; do
+  [ -s "$f" ] || { echo "error: $f is missing: run scripts/train_default_adapters.sh (it writes the splits)" >&2; exit 2; }
+done
+$MORLAIF pm eval --adapter-root "$OUT" --base "$BASE" --device "$DEVICE" --validation-only \
+  --data "$WORK/hh-helpful-base/train.jsonl" --data "$WORK/hh-helpful-online/train.jsonl" \
+  --data "$WORK/hh-helpful-rs/train.jsonl" --data "$DATA/helpfulness_pandalm.jsonl" \
+  --data "$DATA/helpfulness_qafeedback.jsonl" --data "$DATA/refusal_xstest.jsonl" \
+  --data "harmlessness=$DATA/refusal_xstest.jsonl" --data "$WORK/hh-harmless/train.jsonl" \
+  --data "$DATA/factuality_truthfulqa.jsonl" --data "$WORK/paradetox/use.jsonl" --data "$WORK/bbq/use.jsonl" \
+  --human "$WORK/hh-helpful-base/eval.jsonl" --human "$WORK/hh-helpful-online/eval.jsonl" \
+  --human "$WORK/hh-helpful-rs/eval.jsonl" --human "$WORK/hh-harmless/eval.jsonl" \
+  --principles helpfulness,harmlessness,factuality,toxicity,bias --single single_pm --out "$EVAL"
+cp "$EVAL/weights.json" "$OUT/weights.json"   # `make up` serves /get_reward with the fitted weights
+$PY benchmarks/pm_eval_tables.py "$EVAL"
