@@ -40,7 +40,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--base", default="minilm")
     ap.add_argument("--adapter-root", type=Path, default=Path("adapters"))
-    ap.add_argument("--principles", default="helpfulness,harmlessness,factuality,sycophancy")
+    ap.add_argument("--principles", default="helpfulness,harmlessness,factuality,toxicity,bias")
     ap.add_argument("--clients", type=int, default=64)
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--items-per-request", type=int, default=4)

@@ -15,7 +15,7 @@ from pm_server.training.evaluation import Accuracy, PackageScorer, labelled_marg
 from pm_server.training.pairs import pair_bucket, read_pairs
 
 ROOT = Path(__file__).resolve().parents[2] / "adapters"
-DEFAULTS = {"helpfulness", "harmlessness", "factuality", "sycophancy", "single_pm"}
+DEFAULTS = {"helpfulness", "harmlessness", "factuality", "toxicity", "bias", "single_pm"}
 
 pytestmark = pytest.mark.slow
 
@@ -38,13 +38,15 @@ def test_make_up_serves_the_default_packages(live_server):
     assert all(len(x["scores"]) == len(DEFAULTS) for x in r.json()["results"])
 
 
-@pytest.mark.parametrize("principle,file", [("factuality", "factuality_truthfulqa.jsonl")])
-def test_default_package_reproduces_its_validation_accuracy(principle, file, shared_data):
+@pytest.mark.parametrize(
+    "principle,files", [("factuality", ["factuality_truthfulqa.jsonl", "helpfulness_qafeedback.jsonl"])]
+)
+def test_default_package_reproduces_its_validation_accuracy(principle, files, shared_data):
     """Scored here, the package's own held-out prompts give exactly the accuracy it recorded in training."""
     scorer = PackageScorer(load_base("minilm", device="cpu"), ROOT)
     pkg = scorer.load(principle)
     split = pkg.manifest.provenance["split"]
-    pairs = [p for p in read_pairs(shared_data / file) if p.principle == principle]
+    pairs = [p for f in files for p in read_pairs(shared_data / f) if p.principle == principle]
     val = [p for p in pairs if pair_bucket(p, split["salt"]) < split["val_fraction"]]
     assert len(val) == pkg.manifest.metrics["val_pairs"]
     acc = Accuracy.of(labelled_margins(scorer.pair_scores(principle, val), val))

@@ -140,12 +140,17 @@ def test_train_eval_publish_end_to_end(tmp_path, tiny_encoder_dir, live_server):
     kind = mo["per_kind"]["helpfulness"]  # the served (fitted linear) reward per kind of human preference
     assert kind["pairs"] == mo["test_pairs"] and kind["reward"] == mo["per_scalarizer"]["linear"]
     assert kind["single_pm"]["accuracy"] == mo["single_pm"]["accuracy"]
+    # and the served reward on each data set's validation pairs
+    served = result["reward_per_source"]
+    assert served.keys() == {"politeness/polite", "shortness/short"}
+    assert served["politeness/polite"]["n"] == per["politeness"]["pm"]["n"]
     for png in ("principles.png", "scalarizers.png", "agreement.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
     assert "scalarizer `linear`" in report and "![agreement](agreement.png)" in report
     assert "| politeness | v1 |" in report and "single PM |" in report
     assert "| shortness | short |" in report and "| helpfulness | " in report  # per data set, per kind
+    assert "| politeness/polite | " in report
     spec = ScalarizerSpec.from_file(out / "weights.json")
     assert spec.name == "linear" and set(spec.weights or {}) == {"politeness", "shortness"}
     assert all(w >= 0 for w in spec.weights.values()) and sum(spec.weights.values()) > 0

@@ -124,9 +124,7 @@ def _bert(layer: Any, hidden: torch.Tensor, ro: Readout) -> torch.Tensor:
     return result
 
 
-def _llama(
-    layer: Any, hidden: torch.Tensor, ro: Readout, position_embeddings: Any, cache: Any
-) -> torch.Tensor:
+def _llama(layer: Any, hidden: torch.Tensor, ro: Readout, position_embeddings: Any, cache: Any) -> torch.Tensor:
     n, t, _ = hidden.shape
     rows = torch.arange(n, device=hidden.device)
     attn = layer.self_attn

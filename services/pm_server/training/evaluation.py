@@ -40,6 +40,7 @@ __all__ = [
     "agreement_matrix",
     "fit_weights",
     "multi_objective",
+    "reward_per_source",
     "write_scalarizer_file",
 ]
 
@@ -370,6 +371,23 @@ def multi_objective(
             row["single_pm"] = accuracy(single[idx, 0], single[idx, 1]).to_dict()
         res.per_kind[kind] = row
     return res
+
+
+def reward_per_source(
+    scorer: PackageScorer, principles: Sequence[str], weights: dict[str, float], pairs: Sequence[Pair]
+) -> dict[str, dict[str, Any]]:
+    """Accuracy of the linear reward with `weights` (over the packages' calibrated scores, as the server
+    serves it) on `pairs`, per ``principle/source``."""
+    names = list(principles)
+    per = torch.stack([scorer.pair_scores(n, pairs) for n in names], dim=2)  # (N, 2, P)
+    c = scalarize(per[:, 0, :], names, name="linear", weights=weights)
+    r = scalarize(per[:, 1, :], names, name="linear", weights=weights)
+    margins = labelled_margins(torch.stack([c, r], dim=1), pairs)
+    out = {}
+    for key in sorted({f"{p.principle}/{p.source}" for p in pairs}):
+        idx = [i for i, p in enumerate(pairs) if f"{p.principle}/{p.source}" == key]
+        out[key] = Accuracy.of(margins[idx]).to_dict()
+    return out
 
 
 def write_scalarizer_file(path: Path, weights: dict[str, float], *, name: str = "linear") -> None:

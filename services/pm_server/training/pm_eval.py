@@ -22,6 +22,7 @@ from pm_server.training.evaluation import (
     labelled_margins,
     multi_objective,
     principle_report,
+    reward_per_source,
     write_scalarizer_file,
 )
 from pm_server.training.pairs import Pair, PairDataError, load_pairs, pair_bucket
@@ -145,6 +146,19 @@ def run_pm_eval(
             single_txt = f"  single PM {fmt(row['single_pm'])}" if "single_pm" in row else ""
             echo(f"  {kind or 'unlabelled'} ({row['pairs']} pairs): fitted reward {fmt(row['reward'])}{single_txt}")
         echo(f"fitted weights: {json.dumps(mo.weights)} -> {weights_file}")
+        # the served reward on every data set's held-out pairs: XSTest's safe prompts (answer) and unsafe ones
+        # (refuse), BBQ, ParaDetox, ...: what the fitted weights do outside the human preferences they fit
+        seen: set[tuple[str, str, str]] = set()
+        checked = []
+        for n in names:
+            for p in held_out(n, [p for p in pairs if p.principle == n]):
+                if (p.prompt, p.chosen, p.rejected) not in seen:  # a pair relabelled by a spec counts once
+                    seen.add((p.prompt, p.chosen, p.rejected))
+                    checked.append(p)
+        if checked:
+            result["reward_per_source"] = reward_per_source(scorer, names, mo.weights, checked)
+            for key, acc in result["reward_per_source"].items():
+                echo(f"  served reward on {key}: {fmt(acc)}")
     elif result["per_principle"]:
         # without human pairs, the agreement heatmap is over all evaluated pairs
         allp = [p for p in pairs if p.principle in names]

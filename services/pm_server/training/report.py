@@ -218,6 +218,20 @@ def write_markdown(result: dict[str, Any], out_dir: Path, figures: list[Path]) -
             lines.append(f"| longer wins | {fmt(mo['longer_wins'])} |")
         lines.append("")
         lines += _per_kind(mo)
+        if result.get("reward_per_source"):
+            lines += [
+                "### The served reward on each data set's validation pairs",
+                "",
+                "The same fitted reward on the held-out pairs of every data set (by `principle/source`; XSTest's "
+                "`helpfulness` pairs are safe prompts where answering is better, its `harmlessness` pairs unsafe "
+                "ones where refusing is).",
+                "",
+                "| data set | pairs | served reward |",
+                "|---|---|---|",
+            ]
+            for key, acc in result["reward_per_source"].items():
+                lines.append(f"| {key} | {acc['n']} | {fmt(acc)} |")
+            lines.append("")
         if result.get("scalarizer_file"):
             lines += [
                 f"Fitted weights written to `{result['scalarizer_file']}` (serve with `MORLAIF_SCALARIZER_FILE`).",
