@@ -13,6 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+MARK = "<!-- the studies' tables (benchmarks/pm_eval_tables.py) -->"
+
 
 def _ci(acc: float, ci: list[float]) -> str:
     return f"{acc:.3f} [{ci[0]:.3f}, {ci[1]:.3f}]"
@@ -114,8 +116,10 @@ def main() -> None:
             lines += length_tables(trained)
     if files := sorted(args.folder.glob("base_comparison*.json")):
         lines += base_tables(files)
+    text = report.read_text().split(MARK, 1)[0].rstrip("\n")  # run twice, the tables appear once
     if lines:
-        report.write_text(report.read_text().rstrip("\n") + "\n\n" + "\n".join(lines))
+        text += "\n\n" + MARK + "\n\n" + "\n".join(lines)
+    report.write_text(text + "\n")
     print(f"{report}: {len(lines)} lines of study tables added")
 
 

@@ -2,7 +2,7 @@
 # Train the default adapter packages (adapters/) on the preference data beside the project, then evaluate them
 # (scripts/eval_default_adapters.sh: docs/pm-eval/ and adapters/weights.json).
 #
-#   scripts/train_default_adapters.sh [OUT_ROOT]        # about 70 min on a 2-core CPU; minutes on a GPU
+#   scripts/train_default_adapters.sh [OUT_ROOT]        # about 60 min on a 2-core CPU; minutes on a GPU
 #
 # Env: DATA (default ../shared/data), BASE (default minilm), DEVICE (default auto), MORLAIF (the CLI),
 # VERSION (default v2), WORK (split files, default var/default-data), EVAL (default docs/pm-eval), EXTRA
@@ -13,11 +13,11 @@
 #   helpfulness   HH-RLHF helpful-base/online/rejection-sampled (70% of the prompts), PandaLM, QA-Feedback,
 #                 XSTest's safe prompts (comply rather than refuse)                     256 tokens, 1 epoch
 #   harmlessness  HH-RLHF harmless-base (70%), every XSTest pair: refuse the unsafe, answer the safe
-#                                                                                       256 tokens, 2 epochs
+#                                                                                       256 tokens, 1 epoch
 #   factuality    TruthfulQA, QA-Feedback's corrected answers                           256 tokens, 2 epochs
 #   toxicity      ParaDetox (a fifth of its original sentences, ~3,000 pairs)            64 tokens, 2 epochs
-#   bias          BBQ (30% of its contexts, ~2,900 pairs)                               128 tokens, 2 epochs
-#   single_pm     6,000 pairs drawn from all of the above pooled: `pm eval`'s single-PM baseline
+#   bias          BBQ (30% of its contexts, ~2,900 pairs)                               128 tokens, 1 epoch
+#   single_pm     4,000 pairs drawn from all of the above pooled: `pm eval`'s single-PM baseline
 #                                                                                       256 tokens, 1 epoch
 # Every PM is trained with length-balanced pair weights (pm train's default): within each data source, pairs
 # where the chosen reply is the longer one weigh as much as pairs where it is the shorter one.
@@ -60,13 +60,13 @@ train() {  # principle, options...
     --run-dir "var/runs/default-$p" "${EXTRA_ARGS[@]}" "$@"
 }
 train helpfulness --max-length 256 --epochs 1 "${HELPFUL[@]}"
-train harmlessness --max-length 256 --epochs 2 "${HARMLESS[@]}"
+train harmlessness --max-length 256 --epochs 1 "${HARMLESS[@]}"
 train factuality --max-length 256 --epochs 2 "${FACTUAL[@]}"
 train toxicity --max-length 64 --epochs 2 "${TOXIC[@]}"
-train bias --max-length 128 --epochs 2 "${BIAS[@]}"
+train bias --max-length 128 --epochs 1 "${BIAS[@]}"
 # the single-PM baseline: one PM on every principle's pairs pooled (MORLAIF's single-PM RLAIF); XSTest once,
 # with its own labels
-train single_pm --pool --max-length 256 --epochs 1 --limit 6000 --data "$WORK/hh-helpful-base/train.jsonl" \
+train single_pm --pool --max-length 256 --epochs 1 --limit 4000 --data "$WORK/hh-helpful-base/train.jsonl" \
   --data "$WORK/hh-helpful-online/train.jsonl" --data "$WORK/hh-helpful-rs/train.jsonl" \
   --data "$DATA/helpfulness_pandalm.jsonl" --data "$DATA/helpfulness_qafeedback.jsonl" \
   --data "$DATA/refusal_xstest.jsonl" --data "$WORK/hh-harmless/train.jsonl" \
