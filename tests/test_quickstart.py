@@ -60,5 +60,6 @@ def test_make_up_then_the_readme_curl_example(monkeypatch, unused_port):
     assert set(body["principles"]) == {"helpfulness", "harmlessness", "no_refusal"}  # the weighted ones
     answer, refusal = body["results"]
     assert refusal["raw_scores"]["no_refusal"] == 0.0 and answer["raw_scores"]["no_refusal"] == 1.0
-    assert all(r["reward"] is not None for r in body["results"]) and body["versions"]["helpfulness"] == "v1"
+    committed = max(d.name for d in (ROOT / "adapters" / "helpfulness").iterdir())  # the newest version is served
+    assert all(r["reward"] is not None for r in body["results"]) and body["versions"]["helpfulness"] == committed
     assert proc.returncode == 0 and "morlaif is up" in out and "stopped: pm_server (ok)" in out
