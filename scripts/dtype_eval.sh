@@ -3,10 +3,11 @@
 # validation pairs (and on the held-out HH-RLHF human preferences), once in float32 and once in bfloat16, as
 # `morlaif serve --dtype` would score them. Prints one table and writes OUT/summary.json.
 #
-#   scripts/dtype_eval.sh [OUT]        # MiniLM-L6, the default adapters: ~15 min on a 2-core CPU
+#   scripts/dtype_eval.sh [OUT]        # MiniLM-L6, the default adapters: ~20 min on a 2-core CPU
 #
 # Env: DATA (default ../shared/data), ADAPTERS (default adapters), BASE (default minilm), DTYPES (default
-# "float32 bfloat16"), MORLAIF (the CLI).
+# "float32 bfloat16"), MORLAIF (the CLI), WORK (the default adapters' splits, default var/default-data:
+# scripts/train_default_adapters.sh writes them).
 set -euo pipefail
 OUT=${1:-var/dtype-eval}
 DATA=${DATA:-../shared/data}
@@ -14,18 +15,13 @@ ADAPTERS=${ADAPTERS:-adapters}
 BASE=${BASE:-minilm}
 MORLAIF=${MORLAIF:-morlaif}
 read -r -a DTYPES <<< "${DTYPES:-float32 bfloat16}"
+WORK=${WORK:-var/default-data}
 if [ ! -d "$DATA" ]; then echo "error: $DATA is absent (the preference data beside the project)" >&2; exit 2; fi
-
-# the default adapters' split of HH-RLHF harmless-base (scripts/train_default_adapters.sh: same parts, same salt)
-$MORLAIF pm split "harmlessness=$DATA/hh-rlhf/harmless-base-dev.jsonl.gz" --out-dir "$OUT/hh" \
-  --parts train=0.6,eval=0.4 --salt hh-default
+source "$(dirname "$0")/_default_data.sh"   # the same pairs as scripts/eval_default_adapters.sh
 for dtype in "${DTYPES[@]}"; do
   if [ -f "$OUT/$dtype/eval.json" ]; then continue; fi
   $MORLAIF pm eval --adapter-root "$ADAPTERS" --base "$BASE" --device cpu --dtype "$dtype" --validation-only \
-    --data "$DATA/helpfulness_pandalm.jsonl" --data "$DATA/refusal_xstest.jsonl" --data "$OUT/hh/train.jsonl" \
-    --data "$DATA/factuality_truthfulqa.jsonl" --data "$DATA/sycophancy_anthropic.jsonl" \
-    --human "$OUT/hh/eval.jsonl" --principles helpfulness,harmlessness,factuality,sycophancy --single single_pm \
-    --out "$OUT/$dtype"
+    "${EVAL_DATA[@]}" "${HUMAN_DATA[@]}" --principles "$DEFAULT_PRINCIPLES" --single single_pm --out "$OUT/$dtype"
 done
 python3 - "$OUT" "${DTYPES[@]}" <<'PY'
 import json, sys

@@ -20,17 +20,8 @@ WORK=${WORK:-var/default-data}
 EVAL=${EVAL:-docs/pm-eval}
 PY=${PY:-python}
 
-for f in "$WORK"/hh-harmless/eval.jsonl "$WORK"/paradetox/use.jsonl; do
-  [ -s "$f" ] || { echo "error: $f is missing: run scripts/train_default_adapters.sh (it writes the splits)" >&2; exit 2; }
-done
-$MORLAIF pm eval --adapter-root "$OUT" --base "$BASE" --device "$DEVICE" --validation-only \
-  --data "$WORK/hh-helpful-base/train.jsonl" --data "$WORK/hh-helpful-online/train.jsonl" \
-  --data "$WORK/hh-helpful-rs/train.jsonl" --data "$DATA/helpfulness_pandalm.jsonl" \
-  --data "$DATA/helpfulness_qafeedback.jsonl" --data "$DATA/refusal_xstest.jsonl" \
-  --data "harmlessness=$DATA/refusal_xstest.jsonl" --data "$WORK/hh-harmless/train.jsonl" \
-  --data "$DATA/factuality_truthfulqa.jsonl" --data "$WORK/paradetox/use.jsonl" --data "$WORK/bbq/use.jsonl" \
-  --human "$WORK/hh-helpful-base/eval.jsonl" --human "$WORK/hh-helpful-online/eval.jsonl" \
-  --human "$WORK/hh-helpful-rs/eval.jsonl" --human "$WORK/hh-harmless/eval.jsonl" \
-  --principles helpfulness,harmlessness,factuality,toxicity,bias --single single_pm --out "$EVAL"
+source "$(dirname "$0")/_default_data.sh"
+$MORLAIF pm eval --adapter-root "$OUT" --base "$BASE" --device "$DEVICE" --validation-only "${EVAL_DATA[@]}" \
+  "${HUMAN_DATA[@]}" --principles "$DEFAULT_PRINCIPLES" --single single_pm --out "$EVAL"
 cp "$EVAL/weights.json" "$OUT/weights.json"   # `make up` serves /get_reward with the fitted weights
 $PY benchmarks/pm_eval_tables.py "$EVAL"
