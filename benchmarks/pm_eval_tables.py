@@ -29,20 +29,24 @@ def base_tables(files: list[Path]) -> list[str]:
         "## Base model: MiniLM-L6 or SmolLM2-135M",
         "",
         "`benchmarks/base_comparison.py`: one principle's PM trained with each base on the same pairs, split, settings "
-        "and seed (2-core CPU, float32); validation accuracy with its 95% interval, training time, scoring speed.",
+        "and seed (2-core CPU; training in float32, or bfloat16 autocast where *bf16*); validation accuracy with its "
+        "95% interval, training time, scoring speed (float32); with `--eval-data`, accuracy on held-out pairs of "
+        "other prompts, and on those of them whose better reply is the shorter one.",
         "",
         "| file | principle | max length | base | parameters (M) | train pairs | validation accuracy | training "
-        "| pairs/s | scoring (sequences/s) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| pairs/s | scoring (sequences/s) | held-out accuracy | held-out, shorter chosen |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for f in files:
         d = json.loads(f.read_text())
         args = d["meta"]["args"]
         for r in d["rows"]:
+            bf16 = " (bf16)" if args.get("bf16") else ""
             lines.append(
                 f"| {f.name} | {args['principle']} | {args['max_length']} | {r['base']} | {r['params_m']} | "
-                f"{r['train_pairs']} | {_ci(r['val_accuracy'], r['val_accuracy_ci95'])} | {r['train_s']:.0f} s | "
-                f"{r['train_pairs_per_s']} | {r['score_seqs_per_s']} |"
+                f"{r['train_pairs']} | {_ci(r['val_accuracy'], r['val_accuracy_ci95'])} | {r['train_s']:.0f} s{bf16} | "
+                f"{r['train_pairs_per_s']} | {r['score_seqs_per_s']} | {_a(r.get('held_out', {}))} | "
+                f"{_a(r.get('held_out_shorter_chosen', {}))} |"
             )
     return [*lines, ""]
 

@@ -249,6 +249,15 @@ def evaluate(
         typer.Option("--validation-only", help="Keep only the prompts each package held out in training."),
     ] = False,
     fit_fraction: Annotated[float, typer.Option(help="Share of human prompts used to fit the weights.")] = 0.5,
+    fit: Annotated[
+        str,
+        typer.Option(
+            help="How the weights serve several kinds of human preference (--human helpfulness=..., "
+            "harmlessness=...): mean maximises the kinds' mean log-likelihood (each kind weighing the same), "
+            "worst-kind the lowest kind's (no kind of the fit traded away; check the report's served reward "
+            "on the other data sets)."
+        ),
+    ] = "mean",
     out: Annotated[Path, typer.Option(help="Folder for report.md, eval.json, the PNGs and weights.json.")] = Path(
         "var/eval"
     ),
@@ -270,6 +279,8 @@ def evaluate(
 
     if dtype not in DTYPES:
         raise _fail(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if fit not in ("mean", "worst-kind"):
+        raise _fail(f"--fit {fit!r}: expected mean or worst-kind")
     from pm_server.training.pm_eval import EvalError, run_pm_eval
 
     try:
@@ -284,6 +295,7 @@ def evaluate(
             base=base,
             validation_only=validation_only,
             fit_fraction=fit_fraction,
+            fit_objective=fit.replace("-", "_"),
             out=out,
             device=device,
             dtype=dtype,

@@ -133,7 +133,7 @@ def test_train_eval_publish_end_to_end(tmp_path, tiny_encoder_dir, live_server):
     assert per["shortness"]["per_source"].keys() == {"short"}  # per data set (the file's stem as its source)
     assert per["shortness"]["per_source"]["short"]["pm"] == per["shortness"]["pm"]
     mo = result["multi_objective"]
-    assert mo["fit_pairs"] + mo["test_pairs"] == 200
+    assert mo["fit_pairs"] + mo["test_pairs"] == 200 and mo["objective"] == "mean"  # pm eval's default
     assert set(mo["per_scalarizer"]) >= {"linear", "max_min", "median", "lower_quantile"}
     assert mo["per_scalarizer"]["linear"]["accuracy"] > 0.8
     assert mo["single_pm"]["name"] == "single_pm"
@@ -312,6 +312,8 @@ def test_eval_errors_are_clear(tmp_path, tiny_encoder_dir):
     root = tmp_path / "adapters"
     res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir), check=False)
     assert res.returncode == 2 and "no packages to evaluate" in res.stderr
+    res = morlaif("pm", "eval", "--adapter-root", str(root), "--fit", "best", check=False)
+    assert res.returncode == 2 and "--fit 'best'" in res.stderr and "worst-kind" in res.stderr
     from pm_server.model.base import load_base
     from rigs.pm_packages import make_random_package
 

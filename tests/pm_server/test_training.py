@@ -148,6 +148,27 @@ def test_fit_weights_gives_zero_weight_to_a_principle_that_points_the_wrong_way(
     assert w[0] > 0.5 and w[1] == 0.0 and w[2] < w[0] / 5
 
 
+def test_fit_weights_worst_kind_does_not_trade_a_kind_away():
+    """Kind 0's PM speaks softly for it; kind 1's PM loudly for kind 1 and a little against kind 0. The mean
+    log-likelihood leans on the loud PM at kind 0's cost; the worst-kind objective lifts the weaker kind."""
+    g = torch.Generator().manual_seed(0)
+    n = 600
+    k0 = torch.stack([torch.randn(n, generator=g) + 0.5, 0.5 * torch.randn(n, generator=g) - 0.3], dim=1)
+    k1 = torch.stack([0.5 * torch.randn(n, generator=g) - 0.2, 3 * torch.randn(n, generator=g) + 4.0], dim=1)
+    x, groups = torch.cat([k0, k1]), torch.tensor([0] * n + [1] * n)
+
+    def per_kind(w):
+        m = x @ w
+        return [float((m[groups == k] > 0).float().mean()) for k in (0, 1)]
+
+    mean, worst = per_kind(fit_weights(x)), per_kind(fit_weights(x, groups=groups))
+    assert mean[0] < mean[1] - 0.2  # the mean fit serves the loud kind
+    assert min(worst) > min(mean) + 0.04 and worst[0] > mean[0] + 0.04
+    # one group: the same problem as the plain mean
+    one = fit_weights(x, groups=torch.zeros(2 * n, dtype=torch.long))
+    assert torch.allclose(one, fit_weights(x), atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, tiny_encoder_dir):

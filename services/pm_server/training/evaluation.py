@@ -38,6 +38,7 @@ __all__ = [
     "MultiObjectiveResult",
     "accuracy",
     "agreement_matrix",
+    "FIT_OBJECTIVES",
     "fit_weights",
     "multi_objective",
     "reward_per_source",
@@ -234,28 +235,39 @@ def principle_report(
 
 
 # ------------------------------------------------------------------------------------ multi-objective
+FIT_OBJECTIVES = ("mean", "worst_kind")
+"""How `multi_objective` fits the weights over the kinds of human preference (helpful, harmless, ...)."""
+
+
 def fit_weights(
     diffs: torch.Tensor,
     *,
     sample_weight: torch.Tensor | None = None,
+    groups: torch.Tensor | None = None,
     l2: float = 1e-3,
     steps: int = 2000,
     lr: float = 0.05,
 ) -> torch.Tensor:
-    """Non-negative w maximising mean log s(diffs @ w) - l2 |w|^2: logistic regression without intercept.
+    """Non-negative w maximising the mean log s(diffs @ w) - l2 |w|^2: logistic regression without intercept
+    (MORLAIF's PM_regression, Williams 2024, arXiv:2406.07295).
 
     `diffs` is (N, P): per-principle score of the human-preferred response minus the other's. Without an
     intercept the model is symmetric (swapping a pair flips the sign), as a preference should be. With
-    `sample_weight` (N,), a weighted mean. Projected gradient descent: the problem is convex and P is small.
+    `sample_weight` (N,), a weighted mean. With `groups` (N,) of group ids, the *lowest* of the groups' mean
+    log-likelihoods is maximised instead (the worst-group objective of group DRO; Sagawa et al. 2020,
+    arXiv:1911.08731): weights that serve every kind of preference, not the kind whose PMs are the most
+    confident. Both problems are concave in w; projected (sub)gradient ascent, as P is small. Returns (P,).
     """
     x = diffs.double()
     sw = None if sample_weight is None else sample_weight.double() / sample_weight.double().mean()
+    masks = [] if groups is None else [groups == g for g in torch.unique(groups)]
     w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
     opt = torch.optim.Adam([w], lr=lr)
     for _ in range(steps):
         opt.zero_grad()
         ll = torch.nn.functional.logsigmoid(x @ w)
-        loss = -(ll if sw is None else ll * sw).mean() + l2 * (w * w).sum()
+        per_group = [ll[m].mean() for m in masks] or [(ll if sw is None else ll * sw).mean()]
+        loss = -torch.stack(per_group).min() + l2 * (w * w).sum()
         loss.backward()
         opt.step()
         with torch.no_grad():
@@ -274,6 +286,7 @@ def agreement_matrix(margins: dict[str, torch.Tensor]) -> tuple[list[str], list[
 class MultiObjectiveResult:
     principles: list[str]
     weights: dict[str, float]
+    objective: str
     fit_pairs: int
     test_pairs: int
     per_scalarizer: dict[str, Accuracy] = field(default_factory=dict)
@@ -290,6 +303,7 @@ class MultiObjectiveResult:
         return {
             "principles": self.principles,
             "weights": self.weights,
+            "objective": self.objective,
             "fit_pairs": self.fit_pairs,
             "test_pairs": self.test_pairs,
             "per_scalarizer": {k: v.to_dict() for k, v in self.per_scalarizer.items()},
@@ -308,10 +322,20 @@ def multi_objective(
     fit_fraction: float = 0.5,
     single_pm: str | None = None,
     salt: str = "fit",
+    objective: str = "mean",
 ) -> MultiObjectiveResult:
     """Fit weights on a fitting split of `human` (by prompt), report test accuracy per scalarizer, and per kind of
-    preference (`Pair.principle`: helpful and harmless human preferences are fitted together, each kind weighing
-    the same in the fit however many pairs it has)."""
+    preference (`Pair.principle`: helpful and harmless human preferences are fitted together). `objective`
+    (FIT_OBJECTIVES): ``mean`` maximises the kinds' mean log-likelihood, each kind weighing the same however many
+    pairs it has (the default); ``worst_kind`` the lowest of them, so that no kind of the fit is traded away for
+    another (what it does to preferences outside the fit, e.g. refusing unsafe requests, must be checked: see
+    docs/training.md). With one kind the two are the same.
+
+    Raises:
+        ValueError: too few pairs to split, or an unknown `objective`.
+    """
+    if objective not in FIT_OBJECTIVES:
+        raise ValueError(f"fit objective {objective!r}: expected one of {', '.join(FIT_OBJECTIVES)}")
     test, fit = split_by_prompt(human, fit_fraction, salt=salt)
     if not fit or not test:
         raise ValueError(f"{len(human)} human pairs are too few to split into fitting and test prompts")
@@ -327,8 +351,12 @@ def multi_objective(
         return s[:, 0, :], s[:, 1, :]
 
     fit_c, fit_r = scores(fit)
-    kind_count = {k: sum(1 for p in fit if p.principle == k) for k in {p.principle for p in fit}}
-    w = fit_weights(fit_c - fit_r, sample_weight=torch.tensor([1.0 / kind_count[p.principle] for p in fit]))
+    kinds = sorted({str(p.principle) for p in fit})
+    if objective == "worst_kind":
+        w = fit_weights(fit_c - fit_r, groups=torch.tensor([kinds.index(str(p.principle)) for p in fit]))
+    else:
+        kind_count = {k: sum(1 for p in fit if str(p.principle) == k) for k in kinds}
+        w = fit_weights(fit_c - fit_r, sample_weight=torch.tensor([1.0 / kind_count[str(p.principle)] for p in fit]))
     if float(w.sum()) <= 0:
         logger.warning("no principle's PM agrees with the fitting pairs; falling back to equal weights")
         w = torch.ones(len(names))
@@ -337,6 +365,7 @@ def multi_objective(
     res = MultiObjectiveResult(
         principles=names,
         weights=weights,
+        objective=objective,
         fit_pairs=len(fit),
         test_pairs=len(test),
         margins={n: torch.cat(m) for n, m in margins.items()},

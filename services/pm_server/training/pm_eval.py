@@ -64,12 +64,14 @@ def run_pm_eval(
     out: Path,
     device: str,
     dtype: str,
+    fit_objective: str = "mean",
     echo: Callable[[str], Any] = print,
 ) -> dict[str, Any]:
     """Evaluate the packages under `adapter_root` (`principles`, default: all but `single`) on their own
     principles' pairs (`data` specs and/or the `store`'s labels) and, with `human` preference specs, the
-    scalarized PMs against the `single` pooled PM. Writes `out`/eval.json, report.md, the PNGs and
-    weights.json; says each headline figure through `echo`; returns eval.json's content.
+    scalarized PMs against the `single` pooled PM, the weights fitted by `fit_objective` (FIT_OBJECTIVES).
+    Writes `out`/eval.json, report.md, the PNGs and weights.json; says each headline figure through `echo`;
+    returns eval.json's content.
 
     Raises:
         EvalError: a package, the data or the base is missing or unusable (the message says which).
@@ -129,7 +131,9 @@ def run_pm_eval(
                 echo(f"  {source}: PM {fmt(row['pm'])}  shorter chosen {fmt(row['length']['shorter_chosen'])}")
     if human_pairs:
         try:
-            mo = multi_objective(scorer, names, human_pairs, fit_fraction=fit_fraction, single_pm=single)
+            mo = multi_objective(
+                scorer, names, human_pairs, fit_fraction=fit_fraction, single_pm=single, objective=fit_objective
+            )
         except ValueError as e:
             raise EvalError(str(e)) from None
         result["multi_objective"] = mo.to_dict()

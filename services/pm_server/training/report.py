@@ -10,6 +10,12 @@ from pm_server.training.evaluation import fmt
 __all__ = ["write_figures", "write_markdown"]
 
 
+_FIT_TEXT = {
+    "worst_kind": "(the lowest of the kinds' log-likelihoods maximised, so that no kind of preference is traded away)",
+    "mean": "(the kinds' log-likelihoods averaged, each kind weighing the same)",
+}
+
+
 def _plt() -> Any:
     import matplotlib
 
@@ -198,8 +204,9 @@ def write_markdown(result: dict[str, Any], out_dir: Path, figures: list[Path]) -
         lines += [
             "## Multi-objective accuracy on human preferences",
             "",
-            f"Non-negative linear weights fitted by logistic regression on {mo['fit_pairs']} pairs; accuracy on "
-            f"{mo['test_pairs']} pairs of other prompts.",
+            f"Non-negative linear weights fitted by logistic regression on {mo['fit_pairs']} pairs "
+            + _FIT_TEXT.get(mo.get("objective", "mean"), "")
+            + f"; accuracy on {mo['test_pairs']} pairs of other prompts.",
             "",
             "| weight | " + " | ".join(mo["principles"]) + " |",
             "|---|" + "---|" * len(mo["principles"]),
