@@ -24,4 +24,6 @@ source "$(dirname "$0")/_default_data.sh"
 $MORLAIF pm eval --adapter-root "$OUT" --base "$BASE" --device "$DEVICE" --validation-only "${EVAL_DATA[@]}" \
   "${HUMAN_DATA[@]}" --principles "$DEFAULT_PRINCIPLES" --single single_pm --out "$EVAL"
 cp "$EVAL/weights.json" "$OUT/weights.json"   # `make up` serves /get_reward with the fitted weights
+# ... and so does the k8s deployment (its ConfigMap reads this copy)
+if [ "$OUT" = adapters ]; then cp "$EVAL/weights.json" k8s/base/config/weights.json; fi
 $PY benchmarks/pm_eval_tables.py "$EVAL"
