@@ -1,4 +1,4 @@
-"""Which base should the PMs share? MiniLM-L6 (encoder, 22M) against SmolLM2-135M (decoder, from its GGUF).
+r"""Which base should the PMs share? MiniLM-L6 (encoder, 22M) against SmolLM2-135M (decoder, from its GGUF).
 
 For each base: train one principle's PM with the same data, split, settings and seed (`morlaif pm train`'s
 code), then measure validation accuracy (95% interval), training time, scoring throughput of the trained
@@ -23,6 +23,7 @@ import argparse
 import json
 import platform
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,6 +34,13 @@ from pm_server.model.base import load_base
 from pm_server.training.evaluation import Accuracy, PackageScorer, labelled_margins, length_preference
 from pm_server.training.pairs import Pair, read_pairs
 from pm_server.training.trainer import TrainConfig, train_pm
+
+
+def _cell(v: object) -> str:
+    """A table cell: an accuracy dict as `0.571 [0.537, 0.605] (n=800)`."""
+    if isinstance(v, dict) and "accuracy" in v:
+        return f"{v['accuracy']:.3f} [{v['ci95'][0]:.3f}, {v['ci95'][1]:.3f}] (n={v['n']})"
+    return str(v)
 
 
 def main() -> None:
@@ -59,6 +67,9 @@ def main() -> None:
     pairs = random.Random(0).sample(pairs, min(args.limit, len(pairs)))
     held: list[Pair] = [p for f in args.eval_data for p in read_pairs(f)]
     held = random.Random(1).sample(held, min(args.eval_limit, len(held)))
+    if shared := {p.prompt for p in held} & {p.prompt for p in pairs}:
+        why = "the held-out figures are not held out"
+        print(f"warning: {len(shared)} --eval-data prompts are also in --data: {why}", file=sys.stderr)
     rows = []
     for name in args.bases.split(","):
         t0 = time.perf_counter()
@@ -120,7 +131,7 @@ def main() -> None:
         cols += ["held_out", "held_out_shorter_chosen"]
     print(" | ".join(cols))
     for r in rows:
-        print(" | ".join(str(r[c]) for c in cols))
+        print(" | ".join(_cell(r[c]) for c in cols))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.platform(), "threads": torch.get_num_threads(), "args": vars(args)}

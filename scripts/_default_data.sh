@@ -3,7 +3,7 @@
 # EVAL_DATA: each PM's own data (pm eval --validation-only keeps the prompts each package held out);
 # HUMAN_DATA: the held-out HH-RLHF human preferences, helpful and harmless; DEFAULT_PRINCIPLES: the defaults.
 for f in "$WORK"/hh-harmless/eval.jsonl "$WORK"/paradetox/use.jsonl; do
-  [ -s "$f" ] || { echo "error: $f is missing: run scripts/train_default_adapters.sh (it writes the splits)" >&2; exit 2; }
+  [ -s "$f" ] || { echo "error: $f is missing: SPLIT_ONLY=1 scripts/train_default_adapters.sh writes the splits (seconds)" >&2; exit 2; }
 done
 EVAL_DATA=(--data "$WORK/hh-helpful-base/train.jsonl" --data "$WORK/hh-helpful-online/train.jsonl"
   --data "$WORK/hh-helpful-rs/train.jsonl" --data "$DATA/helpfulness_pandalm.jsonl"

@@ -2,7 +2,9 @@
 # Train the default adapter packages (adapters/) on the preference data beside the project, then evaluate them
 # (scripts/eval_default_adapters.sh: docs/pm-eval/ and adapters/weights.json).
 #
-#   scripts/train_default_adapters.sh [OUT_ROOT]        # about 60 min on a 2-core CPU; minutes on a GPU
+#   scripts/train_default_adapters.sh [OUT_ROOT]        # about 70 min on a 2-core CPU; minutes on a GPU
+#   SPLIT_ONLY=1 scripts/train_default_adapters.sh      # only the data splits (seconds): what eval_default_adapters.sh,
+#                                                       # dtype_eval.sh and the base comparison read
 #
 # Env: DATA (default ../shared/data), BASE (default minilm), DEVICE (default auto), MORLAIF (the CLI),
 # VERSION (default v2), WORK (split files, default var/default-data), EVAL (default docs/pm-eval), EXTRA
@@ -44,6 +46,7 @@ split hh-helpful-rs "helpfulness=$DATA/hh-rlhf/helpful-rejection-sampled-dev.jso
 split hh-harmless "harmlessness=$DATA/hh-rlhf/harmless-base-dev.jsonl.gz" train=0.7,eval=0.3
 split paradetox "$DATA/toxicity_paradetox.jsonl" use=0.2,rest=0.8
 split bbq "$DATA/bias_bbq.jsonl" use=0.3,rest=0.7
+if [ -n "${SPLIT_ONLY:-}" ]; then echo "splits in $WORK"; exit 0; fi
 HELPFUL=(--data "$WORK/hh-helpful-base/train.jsonl" --data "$WORK/hh-helpful-online/train.jsonl"
   --data "$WORK/hh-helpful-rs/train.jsonl" --data "$DATA/helpfulness_pandalm.jsonl"
   --data "$DATA/helpfulness_qafeedback.jsonl" --data "$DATA/refusal_xstest.jsonl")
