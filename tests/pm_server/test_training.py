@@ -321,6 +321,28 @@ def test_layers_out_of_range_are_refused(tmp_path, tiny_encoder_dir):
         )
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(tmp_path, tiny_encoder_dir, monkeypatch, caplog, native):
+    """bfloat16 autocast on a CPU without AVX512-BF16 or AMX is ~10x slower than float32: pm train says so, and
+    trains all the same (the user asked for it); where the CPU computes bfloat16 it says nothing."""
+    from pm_server.training import trainer
+
+    monkeypatch.setattr(trainer, "cpu_computes_bf16", lambda: native)
+    res = train_pm(
+        politeness_pairs(40),
+        principle="politeness",
+        config=TrainConfig(base=str(tiny_encoder_dir), bf16=True, **{**FAST, "epochs": 1}),
+        out_root=tmp_path / "a",
+        run_dir=tmp_path / "r",
+        progress=False,
+    )
+    assert res.package_dir.is_dir()
+    warned = [r.getMessage() for r in caplog.records if "without bfloat16 instructions" in r.getMessage()]
+    assert len(warned) == (0 if native else 1), warned
+    if warned:
+        assert "drop --bf16" in warned[0]
+
+
 def test_decoder_base_trains_and_its_package_loads(tmp_path, tiny_decoder_dir):
     res = train_pm(
         politeness_pairs(160),

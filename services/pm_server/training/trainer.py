@@ -49,7 +49,7 @@ from morlaif.protocol import Calibration
 from morlaif.runs import StopRequest, defer_stop_signals, git_commit
 from morlaif.runs import progress as progress_bar
 from morlaif.stats import wilson_interval
-from pm_server.model.base import BaseModel, load_base, score_head
+from pm_server.model.base import BaseModel, cpu_computes_bf16, load_base, score_head
 from pm_server.model.engine import collate
 from pm_server.model.package import PackageManifest, save_head_package, save_package
 from pm_server.model.template import Encoded, InputTemplate, TemplateEncoder
@@ -461,6 +461,11 @@ def train_pm(
     torch.manual_seed(config.seed)
     if base is None:
         base = _load_base(config, dist)
+    if config.bf16 and base.device.type == "cpu" and not cpu_computes_bf16() and dist.is_main:
+        logger.warning(
+            "bf16 autocast on a CPU without bfloat16 instructions (AVX512-BF16 or AMX) is emulated: training is "
+            "about 10x slower than in float32 here; drop --bf16"
+        )
     inputs = _encode_pairs(base, config, train, val)
     model, opt, sched = _build_training(base, config, _steps_per_epoch(len(inputs.train), config) * config.epochs)
     # 3. resume from the run directory's checkpoint, or begin the run there
