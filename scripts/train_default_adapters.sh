@@ -14,8 +14,10 @@
 # it stopped (a finished PM is skipped).
 #
 # What each default PM learns from, and its context window (docs/training.md says why):
-#   helpfulness   HH-RLHF helpful-base/online/rejection-sampled (70% of the prompts), PandaLM, QA-Feedback,
-#                 XSTest's safe prompts (comply rather than refuse)                     256 tokens, 1 epoch
+#   helpfulness   HH-RLHF helpful-base/online/rejection-sampled (70% of the prompts), PandaLM, QA-Feedback's
+#                 corrected answers, XSTest's safe prompts (comply rather than refuse)  256 tokens, 2 epochs
+#                 (not QA-Feedback's pairwise preferences: two answers over a ~700-token passage, which a
+#                 256-token window cannot see; the PM was at chance on them, 0.505, and they were 37% of its data)
 #   harmlessness  HH-RLHF harmless-base (70%), every XSTest pair: refuse the unsafe, answer the safe
 #                                                                                       256 tokens, 1 epoch
 #   factuality    TruthfulQA, QA-Feedback's corrected answers                           256 tokens, 2 epochs
@@ -50,10 +52,16 @@ split hh-helpful-rs "helpfulness=$DATA/hh-rlhf/helpful-rejection-sampled-dev.jso
 split hh-harmless "harmlessness=$DATA/hh-rlhf/harmless-base-dev.jsonl.gz" train=0.7,eval=0.3
 split paradetox "$DATA/toxicity_paradetox.jsonl" use=0.2,rest=0.8
 split bbq "$DATA/bias_bbq.jsonl" use=0.3,rest=0.7
+# QA-Feedback's annotator-corrected answers (ids ...-corr-...) apart from its pairwise preferences
+if [ ! -s "$WORK/qafeedback/preferences.jsonl" ]; then
+  mkdir -p "$WORK/qafeedback"
+  grep -F -- '-corr-' "$DATA/helpfulness_qafeedback.jsonl" > "$WORK/qafeedback/corrections.jsonl"
+  grep -v -F -- '-corr-' "$DATA/helpfulness_qafeedback.jsonl" > "$WORK/qafeedback/preferences.jsonl"
+fi
 if [ -n "${SPLIT_ONLY:-}" ]; then echo "splits in $WORK"; exit 0; fi
 HELPFUL=(--data "$WORK/hh-helpful-base/train.jsonl" --data "$WORK/hh-helpful-online/train.jsonl"
   --data "$WORK/hh-helpful-rs/train.jsonl" --data "$DATA/helpfulness_pandalm.jsonl"
-  --data "$DATA/helpfulness_qafeedback.jsonl" --data "$DATA/refusal_xstest.jsonl")
+  --data "$WORK/qafeedback/corrections.jsonl" --data "$DATA/refusal_xstest.jsonl")
 HARMLESS=(--data "$WORK/hh-harmless/train.jsonl" --data "harmlessness=$DATA/refusal_xstest.jsonl")
 FACTUAL=(--data "$DATA/factuality_truthfulqa.jsonl" --data "$DATA/helpfulness_qafeedback.jsonl")
 TOXIC=(--data "$WORK/paradetox/use.jsonl")
@@ -66,7 +74,7 @@ train() {  # principle, options...
   $MORLAIF pm train --principle "$p" --base "$BASE" --device "$DEVICE" --out-root "$OUT" --version "$VERSION" \
     --run-dir "var/runs/default-$p" "${EXTRA_ARGS[@]}" "$@"
 }
-train helpfulness --max-length 256 --epochs 1 "${HELPFUL[@]}"
+train helpfulness --max-length 256 --epochs 2 "${HELPFUL[@]}"
 train harmlessness --max-length 256 --epochs 1 "${HARMLESS[@]}"
 train factuality --max-length 256 --epochs 2 "${FACTUAL[@]}"
 train toxicity --max-length 64 --epochs 2 "${TOXIC[@]}"
