@@ -56,7 +56,8 @@ split bbq "$DATA/bias_bbq.jsonl" use=0.3,rest=0.7
 if [ ! -s "$WORK/qafeedback/preferences.jsonl" ]; then
   mkdir -p "$WORK/qafeedback"
   grep -F -- '-corr-' "$DATA/helpfulness_qafeedback.jsonl" > "$WORK/qafeedback/corrections.jsonl"
-  grep -v -F -- '-corr-' "$DATA/helpfulness_qafeedback.jsonl" > "$WORK/qafeedback/preferences.jsonl"
+  grep -v -F -- '-corr-' "$DATA/helpfulness_qafeedback.jsonl" > "$WORK/qafeedback/preferences.jsonl.part"
+  mv "$WORK/qafeedback/preferences.jsonl.part" "$WORK/qafeedback/preferences.jsonl"  # written last, whole
 fi
 if [ -n "${SPLIT_ONLY:-}" ]; then echo "splits in $WORK"; exit 0; fi
 HELPFUL=(--data "$WORK/hh-helpful-base/train.jsonl" --data "$WORK/hh-helpful-online/train.jsonl"
