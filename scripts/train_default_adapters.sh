@@ -8,8 +8,8 @@
 #
 # Env: DATA (default ../shared/data), BASE (default minilm), DEVICE (default auto), MORLAIF (the CLI),
 # VERSION (default v2), WORK (split files, default var/default-data), EVAL (default docs/pm-eval), EXTRA
-# (`pm train` options for every PM; default --bf16 where a GPU or the CPU computes bfloat16 (AVX512-BF16 or AMX):
-# 1.5x faster there, while on a CPU without them bfloat16 is emulated and 10x slower, so none). Every run keeps
+# (`pm train` options for every PM; bfloat16 autocast is pm train's default where a GPU or the CPU computes it,
+# AVX512-BF16 or AMX: 1.5x faster there; EXTRA=--no-bf16 trains in float32). Every run keeps
 # checkpoints in var/runs/default-<principle>: run the script again after an interruption and each PM resumes where
 # it stopped (a finished PM is skipped).
 #
@@ -37,9 +37,7 @@ DEVICE=${DEVICE:-auto}
 MORLAIF=${MORLAIF:-morlaif}
 WORK=${WORK:-var/default-data}
 VERSION=${VERSION:-v2}
-BF16=
-if command -v nvidia-smi > /dev/null || grep -qw -e avx512_bf16 -e amx_bf16 /proc/cpuinfo 2> /dev/null; then BF16=--bf16; fi
-read -r -a EXTRA_ARGS <<< "${EXTRA-$BF16}"
+read -r -a EXTRA_ARGS <<< "${EXTRA-}"
 export DATA BASE DEVICE MORLAIF WORK
 
 if [ ! -d "$DATA" ]; then echo "error: $DATA is absent (the preference data beside the project)" >&2; exit 2; fi

@@ -114,13 +114,16 @@ def train(
         ),
     ] = 0.0,
     bf16: Annotated[
-        bool,
+        bool | None,
         typer.Option(
-            "--bf16",
+            "--bf16/--no-bf16",
             help="bfloat16 autocast for the forward and backward passes (weights stay fp32): faster on a GPU, 1.5x "
-            "on a CPU with AVX512-BF16 or AMX; about 10x slower on a CPU without them (emulated; pm train warns).",
+            "on a CPU with AVX512-BF16 or AMX; about 10x slower on a CPU without them (emulated; pm train warns). "
+            "Default: on where the device computes bfloat16 (a GPU that supports it, a CPU with AVX512-BF16 or "
+            "AMX), off elsewhere.",
+            show_default=False,
         ),
-    ] = False,
+    ] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of prompts held out for validation.")] = 0.15,
     patience: Annotated[int, typer.Option(min=0, help="Epochs without improvement before stopping.")] = 1,
     seed: Annotated[int, typer.Option()] = 0,

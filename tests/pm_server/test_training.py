@@ -343,6 +343,42 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(tmp_path, tiny_encoder_d
         assert "drop --bf16" in warned[0]
 
 
+@pytest.mark.parametrize("native", [False, True])
+def test_bf16_by_default_where_the_cpu_computes_it_and_a_run_resumes_in_the_other_precision(
+    tmp_path, tiny_encoder_dir, monkeypatch, native
+):
+    """bf16=None (pm train's default) is bfloat16 autocast where the device computes it, as the server's
+    dtype=auto, and the package says which ran; a run stopped in one precision resumes in the other (a new
+    machine), as it does on another device."""
+    from pm_server.model import base as base_module
+
+    monkeypatch.setattr(base_module, "cpu_computes_bf16", lambda: native)
+    pairs = politeness_pairs(80)
+
+    def run(bf16: bool | None, **kw):
+        return train_pm(
+            pairs,
+            principle="politeness",
+            config=TrainConfig(base=str(tiny_encoder_dir), bf16=bf16, **{**FAST, "epochs": 1, "save_every": 2}),
+            out_root=tmp_path / "a",
+            run_dir=tmp_path / "r",
+            version="v1",
+            progress=False,
+            **kw,
+        )
+
+    def stop_at_2(step: int, loss: float) -> None:
+        if step == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run(not native, on_step=stop_at_2)
+    res = run(None)
+    assert res.resumed_from_step == 2
+    manifest = json.loads((res.package_dir / "principle.json").read_text())
+    assert manifest["provenance"]["settings"]["bf16"] is native
+
+
 def test_decoder_base_trains_and_its_package_loads(tmp_path, tiny_decoder_dir):
     res = train_pm(
         politeness_pairs(160),

@@ -49,7 +49,7 @@ from morlaif.protocol import Calibration
 from morlaif.runs import StopRequest, defer_stop_signals, git_commit
 from morlaif.runs import progress as progress_bar
 from morlaif.stats import wilson_interval
-from pm_server.model.base import BaseModel, cpu_computes_bf16, load_base, score_head
+from pm_server.model.base import BaseModel, cpu_computes_bf16, load_base, resolve_dtype, score_head
 from pm_server.model.engine import collate
 from pm_server.model.package import PackageManifest, save_head_package, save_package
 from pm_server.model.template import Encoded, InputTemplate, TemplateEncoder
@@ -117,8 +117,10 @@ class TrainConfig:
     """Coefficient of a length-decorrelation term added to the loss: the squared Pearson correlation, over the
     batch's chosen and rejected responses, of score and response length in tokens (after ODIN's decorrelation of
     the reward from length; Chen et al., 2024, arXiv:2402.07319). 0 turns it off."""
-    bf16: bool = False
-    """bfloat16 autocast for training forwards (weights, optimizer state and the loss stay float32)."""
+    bf16: bool | None = False
+    """bfloat16 autocast for training forwards (weights, optimizer state and the loss stay float32). None: where
+    the device computes bfloat16 (a CUDA device that supports it, a CPU with AVX512-BF16 or AMX), as the server's
+    `dtype=auto`. How a run computes, like its device, not what it learns: a run resumes in another precision."""
     val_fraction: float = 0.15
     """Fraction of prompts held out for validation, calibration and early stopping."""
     patience: int = 1
@@ -343,7 +345,7 @@ def _load_trainable(model: torch.nn.Module, saved: dict[str, torch.Tensor], sour
 
 def _fingerprint(config: TrainConfig, train: Sequence[Pair], val: Sequence[Pair], principle: str) -> str:
     h = hashlib.sha256()
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("device", "save_every")}
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("device", "save_every", "bf16")}
     h.update(json.dumps({"principle": principle, "config": settings}, sort_keys=True).encode())
     for part in (train, val):
         h.update(b"\x01")
@@ -451,6 +453,8 @@ def train_pm(
     """
     # 1. the processes, the split by prompt and the run's state: a new run, or the run directory's to resume
     dist = _distributed(config)
+    if config.bf16 is None:
+        config = dataclasses.replace(config, bf16=resolve_dtype("auto", dist.device) == torch.bfloat16)
     train, val = _split(pairs, principle, config)
     rd = _RunDir(run_dir)
     state = _open_run(rd, config, train, val, principle=principle, version=version, fresh=fresh)
@@ -745,7 +749,7 @@ class _Loop:
         weight = len(mine) * dist.world_size / len(batch)
         if not mine:  # a last batch smaller than the ranks: a forward for DDP's sake, weighted 0
             mine = batch[:1]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.config.bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(self.config.bf16)):
             chosen, rejected = _forward_pairs(self.ddp_model, mine, self.inputs.pad_id, device)
         p = torch.tensor([x.p for x in mine], device=device)
         m = torch.tensor([x.margin + self.config.margin for x in mine], device=device)
