@@ -152,6 +152,38 @@ def test_unsupported_adapters_fall_back_to_peft(tmp_path, tiny_encoder_dir):
     assert engine.score([Row(e.input_ids, e.token_type_ids, "h")])[0] == pytest.approx(h_alone, abs=1e-5)
 
 
+def test_adapters_on_other_layers_load_and_a_package_short_of_its_own_weights_is_refused(tmp_path, tiny_encoder_dir):
+    """Packages on different layers share one model (PEFT gives the later one inert modules on the earlier one's
+    layers, which PEFT 0.22 reports as missing keys); a package that lacks weights on its own layers is refused
+    rather than served with those LoRA deltas silently zero."""
+    from safetensors.torch import load_file, save_file
+
+    base = load_base(str(tiny_encoder_dir))
+    make_random_package(tmp_path, base, "helpfulness", "v1", seed=1, layers_to_transform=[0])
+    make_random_package(tmp_path, base, "harmlessness", "v1", seed=2, layers_to_transform=[1])
+    make_random_package(tmp_path, base, "factuality", "v1", seed=3, layers_to_transform=[1])
+    weights = tmp_path / "factuality" / "v1" / "adapter_model.safetensors"
+    t = load_file(str(weights))
+    dropped = next(k for k in t if ".layer.1." in k and "lora_B" in k)
+    save_file({k: v for k, v in t.items() if k != dropped}, str(weights))
+    enc = TemplateEncoder(base.tokenizer, base.default_template)
+    e = enc.encode("q", "a")
+    alone = {}
+    for name, principle in (("pm1", "helpfulness"), ("pm2", "harmlessness")):
+        solo = ScoringEngine(load_base(str(tiny_encoder_dir)))
+        solo.load_adapter(tmp_path / principle / "v1", name)
+        alone[name] = solo.score([Row(e.input_ids, e.token_type_ids, name)])[0]
+    engine = ScoringEngine(base)
+    engine.load_adapter(tmp_path / "helpfulness" / "v1", "pm1")
+    engine.load_adapter(tmp_path / "harmlessness" / "v1", "pm2")
+    both = engine.score([Row(e.input_ids, e.token_type_ids, "pm1"), Row(e.input_ids, e.token_type_ids, "pm2")])
+    assert both == pytest.approx([alone["pm1"], alone["pm2"]], abs=1e-5)
+    with pytest.raises(ValueError, match=r"no weights for .*layer\.1\."):
+        engine.load_adapter(tmp_path / "factuality" / "v1", "pm3")
+    assert engine.adapters == {"pm1", "pm2"}
+    assert engine.score([Row(e.input_ids, e.token_type_ids, "pm2")])[0] == pytest.approx(alone["pm2"], abs=1e-5)
+
+
 def test_base_rows_and_unknown_adapter(setup):
     _, _, _, _, engine, enc = setup
     e = enc.encode("a", "b")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from pm_server.model.readout import Readout
 __all__ = ["Row", "ScoringEngine", "BASE_ADAPTER", "collate"]
 
 logger = logging.getLogger(__name__)
+_LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")  # the block a module is in: bert's layer.3., llama's layers.3.
 
 #: PEFT's name for "no adapter" in a mixed batch: the base model with its own (untrained) head.
 BASE_ADAPTER = "__base__"
@@ -132,13 +134,40 @@ class ScoringEngine:
                 self._peft.eval()
                 self._model = self._peft
             else:
-                self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False, torch_device=device)
+                # an adapter on other layers than those already loaded gets LoRA modules on their layers too,
+                # with lora_B zero (no effect); PEFT 0.22 warns of their "missing adapter keys": checked below
+                warnings.filterwarnings("ignore", message=r"Found missing adapter keys", category=UserWarning)
+                result = self._peft.load_adapter(str(path), adapter_name=name, is_trainable=False, torch_device=device)
+                self._check_loaded(name, result.missing_keys, result.unexpected_keys)
         self._adapters.add(name)
         for old in list(self._stale):
             self._delete(old)
             self._stale.discard(old)
         self._regroup()
         logger.debug("engine loaded adapter %s from %s", name, path)
+
+    def _check_loaded(self, name: str, missing: Sequence[str], unexpected: Sequence[str]) -> None:
+        """Raise ValueError unless every weight of the package was loaded and each LoRA module of adapter `name`
+        that the package has no weights for adds nothing (its lora_B is zero): PEFT puts such modules on the
+        layers other adapters use, outside the package's `layers_to_transform`."""
+        peft = self._peft
+        assert peft is not None
+        ours = [k for k in unexpected if f".{name}." in k]
+        if ours:
+            peft.delete_adapter(name)
+            raise ValueError(f"the package has weights this model has no place for: {ours[:3]}")
+        own_layers = getattr(peft.peft_config[name], "layers_to_transform", None)
+        state = peft.state_dict()
+
+        def inert(key: str) -> bool:  # a module outside the package's layers that adds nothing
+            layer = _LAYER_INDEX.search(key)
+            outside = own_layers is not None and layer is not None and int(layer.group(1)) not in own_layers
+            return outside and not state[key.replace(".lora_A.", ".lora_B.")].any()
+
+        live = [k for k in missing if f".{name}." in k and not inert(k)]
+        if live:
+            peft.delete_adapter(name)
+            raise ValueError(f"the package has no weights for {live[:3]}")
 
     def _load_head(self, path: Path, name: str) -> None:
         from safetensors.torch import load_file
