@@ -287,8 +287,10 @@ def evaluate(
 
     if dtype not in DTYPES:
         raise _fail(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
-    if fit not in ("mean", "worst-kind"):
-        raise _fail(f"--fit {fit!r}: expected mean or worst-kind")
+    from pm_server.training.evaluation import FIT_OBJECTIVES
+
+    if fit.replace("-", "_") not in FIT_OBJECTIVES:  # worst-kind on the command line, worst_kind in the library
+        raise _fail(f"--fit {fit!r}: expected {' or '.join(o.replace('_', '-') for o in FIT_OBJECTIVES)}")
     from pm_server.training.pm_eval import EvalError, run_pm_eval
 
     try:
