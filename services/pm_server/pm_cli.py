@@ -51,6 +51,15 @@ def _layers(value: str | None) -> list[int] | None:
         raise typer.BadParameter("a comma-separated list of layer indices, e.g. 3,4,5", param_hint="--layers") from None
 
 
+def _target_modules(value: str | None) -> list[str] | str | None:
+    if value is None or value == "all-linear":
+        return value
+    names = [x.strip() for x in value.split(",") if x.strip()]
+    if not names:
+        raise typer.BadParameter("all-linear or module names, e.g. query,key,value", param_hint="--target-modules")
+    return names
+
+
 @app.command("train")
 def train(
     principle: Annotated[str, typer.Option(help="Principle the package is for (its name), e.g. factuality.")],
@@ -84,6 +93,13 @@ def train(
     lora_dropout: Annotated[float, typer.Option(min=0, max=0.9, help="Dropout on LoRA's input while training.")] = 0.05,
     layers: Annotated[
         str | None, typer.Option(help="Layers that get LoRA, e.g. 3,4,5 (default: the upper half).")
+    ] = None,
+    target_modules: Annotated[
+        str | None,
+        typer.Option(
+            help="Modules that get LoRA: all-linear (attention and MLP) or names, e.g. query,key,value "
+            "(default: PEFT's for the base, BERT's query and value).",
+        ),
     ] = None,
     full: Annotated[
         bool, typer.Option("--full", help="Full fine-tuning: writes a model folder instead of an adapter package.")
@@ -166,6 +182,7 @@ def train(
             lora_alpha=lora_alpha,
             lora_dropout=lora_dropout,
             layers_to_transform=_layers(layers),
+            target_modules=_target_modules(target_modules),
             full_finetune=full,
             head_only=head_only,
             margin=margin,

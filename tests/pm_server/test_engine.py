@@ -43,9 +43,17 @@ def setup(family, tmp_path_factory, tiny_encoder_dir, tiny_decoder_dir):
     root = tmp_path_factory.mktemp(f"pk-{family}")
     names = ["helpfulness", "harmlessness", "factuality"]
     for i, n in enumerate(names):
-        # different ranks and layer sets: the grouped path pads ranks and leaves untouched layers alone
+        # different ranks, layer sets and modules (LoRA on every linear layer: pm train --target-modules
+        # all-linear): the grouped path pads ranks and leaves untouched layers and modules alone
         make_random_package(
-            root, base, n, "v1", seed=100 + i, r=8 if i == 1 else 4, layers_to_transform=[1] if i == 2 else None
+            root,
+            base,
+            n,
+            "v1",
+            seed=100 + i,
+            r=8 if i == 1 else 4,
+            layers_to_transform=[1] if i == 2 else None,
+            target_modules="all-linear" if i == 1 else None,
         )
     engine = ScoringEngine(base)
     for n in names:

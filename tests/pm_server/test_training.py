@@ -379,6 +379,30 @@ def test_bf16_by_default_where_the_cpu_computes_it_and_a_run_resumes_in_the_othe
     assert manifest["provenance"]["settings"]["bf16"] is native
 
 
+def test_lora_on_every_linear_layer_trains_and_its_package_loads(tmp_path, tiny_encoder_dir):
+    """--target-modules all-linear puts LoRA on the attention and MLP layers of the chosen blocks, not only on
+    query and value, and the server's engine loads the package."""
+    res = train_pm(
+        politeness_pairs(80),
+        principle="politeness",
+        config=TrainConfig(base=str(tiny_encoder_dir), target_modules="all-linear", **{**FAST, "epochs": 1}),
+        out_root=tmp_path / "adapters",
+        run_dir=tmp_path / "run",
+        version="v1",
+        progress=False,
+    )
+    modules = set(json.loads((res.package_dir / "adapter_config.json").read_text())["target_modules"])
+    assert {"query", "key", "value", "dense"} <= modules, modules
+    weights = load_file(str(res.package_dir / "adapter_model.safetensors"))
+    assert any(".intermediate.dense.lora_A" in k for k in weights)
+    assert not any("classifier" in k and "lora_" in k for k in weights)  # the score head is trained whole
+    scorer = PackageScorer(load_base(str(tiny_encoder_dir)), tmp_path / "adapters")
+    scorer.load("politeness")
+    assert torch.isfinite(scorer.raw("politeness", ["hi"], ["please help"])).all()
+    with pytest.raises(TrainError, match="target_modules is for LoRA"):
+        TrainConfig(base=str(tiny_encoder_dir), head_only=True, target_modules="all-linear")
+
+
 def test_decoder_base_trains_and_its_package_loads(tmp_path, tiny_decoder_dir):
     res = train_pm(
         politeness_pairs(160),

@@ -27,6 +27,7 @@ from pm_server.model.base import BaseModel, resolve_base_id
 from pm_server.model.package import PackageManifest, save_package
 from pm_server.model.template import InputTemplate
 from pm_server.training.pairs import Pair
+from pm_server.training.trainer import lora_targets
 
 __all__ = ["make_tiny_base", "make_random_package", "make_head_package", "politeness_pairs"]
 
@@ -81,6 +82,7 @@ def make_random_package(
     seed: int = 0,
     r: int = 4,
     layers_to_transform: list[int] | None = None,
+    target_modules: list[str] | str | None = None,
     calibration: Calibration | None = None,
     template: InputTemplate | None = None,
     scale: float = 0.5,
@@ -94,6 +96,7 @@ def make_random_package(
         lora_alpha=2 * r,
         init_lora_weights=False,
         layers_to_transform=layers_to_transform,
+        target_modules=lora_targets(model, target_modules),
     )
     peft_model = get_peft_model(model, cfg)  # adapter "default": a principle name like "bias" breaks PEFT keys
     with torch.no_grad():

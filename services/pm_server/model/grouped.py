@@ -36,7 +36,7 @@ from pm_server.model.readout import Readout, install_readout, readout_kind
 __all__ = ["GroupedLoRA"]
 
 
-def _layer_list(model: torch.nn.Module) -> tuple[str | None, Sequence[torch.nn.Module]]:
+def layer_stack(model: torch.nn.Module) -> tuple[str | None, Sequence[torch.nn.Module]]:
     """The model's stack of transformer layers (a ModuleList of config.num_hidden_layers) and its name."""
     n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     for name, m in model.named_modules():
@@ -91,7 +91,7 @@ class GroupedLoRA:
         self.slots: torch.Tensor | None = None  # (N,) long, set around a forward
         self._handles: list[Any] = []
         self._disabled: list[Any] = []
-        self._layers_name, layers = _layer_list(model)
+        self._layers_name, layers = layer_stack(model)
         self.num_layers = len(layers)
         #: per slot, the lowest layer its LoRA touches (num_layers: none, e.g. a head-only principle)
         self.first_layer = [self.num_layers] * (len(self.names) + 1)

@@ -51,6 +51,7 @@ from morlaif.runs import progress as progress_bar
 from morlaif.stats import wilson_interval
 from pm_server.model.base import BaseModel, cpu_computes_bf16, load_base, resolve_dtype, score_head
 from pm_server.model.engine import collate
+from pm_server.model.grouped import layer_stack
 from pm_server.model.package import PackageManifest, save_head_package, save_package
 from pm_server.model.template import Encoded, InputTemplate, TemplateEncoder
 from pm_server.training.pairs import Pair, split_by_prompt, summarize
@@ -98,6 +99,10 @@ class TrainConfig:
     """Dropout on the LoRA input during training."""
     layers_to_transform: list[int] | None = None
     """Layers that get LoRA; default: the upper half, so the server can share the lower half."""
+    target_modules: list[str] | str | None = None
+    """Modules of those layers that get LoRA: None, PEFT's default for the architecture (BERT's query and value,
+    Llama's q_proj and v_proj); "all-linear", every linear layer of the blocks (attention and MLP; not the score
+    head); or a list of module names, e.g. ["query", "key", "value"]."""
     learning_rate: float = 2e-3
     """Peak AdamW learning rate (linear warm-up, then linear decay)."""
     weight_decay: float = 0.01
@@ -146,6 +151,7 @@ class TrainConfig:
             (self.save_every >= 1, "save_every must be >= 1"),
             (not (self.head_only and self.full_finetune), "head_only and full_finetune exclude each other"),
             (not (self.head_only and self.layers_to_transform), "head_only trains no layers: drop layers_to_transform"),
+            (not ((self.head_only or self.full_finetune) and self.target_modules), "target_modules is for LoRA"),
         ]
         for ok, msg in checks:
             if not ok:
@@ -236,6 +242,18 @@ def _num_layers(model: torch.nn.Module) -> int:
     return n
 
 
+def lora_targets(model: torch.nn.Module, target: list[str] | str | None) -> list[str] | str | None:
+    """`target` with "all-linear" spelt out as the names of the linear layers in the transformer blocks (PEFT
+    takes the string itself only without layers_to_transform)."""
+    if target != "all-linear":
+        return target
+    _, blocks = layer_stack(model)
+    names = {n.rsplit(".", 1)[-1] for b in blocks for n, m in b.named_modules() if isinstance(m, torch.nn.Linear)}
+    if not names:
+        raise TrainError(f"all-linear: found no linear layers in the blocks of {type(model).__name__}")
+    return sorted(names)
+
+
 def build_model(base: BaseModel, config: TrainConfig) -> torch.nn.Module:
     """The trainable model: the base with a LoRA adapter named "default" (or all weights, full fine-tuning)."""
     model = base.model
@@ -262,6 +280,7 @@ def build_model(base: BaseModel, config: TrainConfig) -> torch.nn.Module:
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         layers_to_transform=sorted(layers),
+        target_modules=lora_targets(model, config.target_modules),
     )
     torch.manual_seed(config.seed)
     with warnings.catch_warnings():
