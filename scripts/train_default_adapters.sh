@@ -78,11 +78,11 @@ train harmlessness --max-length 256 --epochs 1 "${HARMLESS[@]}"
 train factuality --max-length 256 --epochs 2 "${FACTUAL[@]}"
 train toxicity --max-length 64 --epochs 2 "${TOXIC[@]}"
 train bias --max-length 128 --epochs 1 "${BIAS[@]}"
-# the single-PM baseline: one PM on every principle's pairs pooled (MORLAIF's single-PM RLAIF); XSTest once,
-# with its own labels
+# the single-PM baseline: one PM on every principle's pairs pooled (MORLAIF's single-PM RLAIF), from the same
+# files as the principles' PMs (QA-Feedback's corrections, not its preferences); XSTest once, with its own labels
 train single_pm --pool --max-length 256 --epochs 1 --limit 4000 --data "$WORK/hh-helpful-base/train.jsonl" \
   --data "$WORK/hh-helpful-online/train.jsonl" --data "$WORK/hh-helpful-rs/train.jsonl" \
-  --data "$DATA/helpfulness_pandalm.jsonl" --data "$DATA/helpfulness_qafeedback.jsonl" \
+  --data "$DATA/helpfulness_pandalm.jsonl" --data "$WORK/qafeedback/corrections.jsonl" \
   --data "$DATA/refusal_xstest.jsonl" --data "$WORK/hh-harmless/train.jsonl" \
   --data "$DATA/factuality_truthfulqa.jsonl" "${TOXIC[@]}" "${BIAS[@]}"
 
