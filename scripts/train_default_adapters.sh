@@ -23,7 +23,7 @@
 #   factuality    TruthfulQA, QA-Feedback's corrected answers                           256 tokens, 2 epochs
 #   toxicity      ParaDetox (a fifth of its original sentences, ~3,000 pairs)            64 tokens, 2 epochs
 #   bias          BBQ (30% of its contexts, ~2,900 pairs)                               128 tokens, 1 epoch
-#   single_pm     4,000 pairs drawn from all of the above pooled: `pm eval`'s single-PM baseline
+#   single_pm     4,000 pairs drawn from the files above pooled: `pm eval`'s single-PM baseline
 #                                                                                       256 tokens, 1 epoch
 # Every PM is trained with length-balanced pair weights (pm train's default): within each data source, pairs
 # where the chosen reply is the longer one weigh as much as pairs where it is the shorter one.
