@@ -345,7 +345,7 @@ def test_bf16_on_a_cpu_that_emulates_it_is_warned_about(tmp_path, tiny_encoder_d
 
 @pytest.mark.parametrize("native", [False, True])
 def test_bf16_by_default_where_the_cpu_computes_it_and_a_run_resumes_in_the_other_precision(
-    tmp_path, tiny_encoder_dir, monkeypatch, native
+    tmp_path, tiny_encoder_dir, monkeypatch, caplog, native
 ):
     """bf16=None (pm train's default) is bfloat16 autocast where the device computes it, as the server's
     dtype=auto, and the package says which ran; a run stopped in one precision resumes in the other (a new
@@ -375,6 +375,8 @@ def test_bf16_by_default_where_the_cpu_computes_it_and_a_run_resumes_in_the_othe
         run(not native, on_step=stop_at_2)
     res = run(None)
     assert res.resumed_from_step == 2
+    began, now = ("float32", "bfloat16 autocast") if native else ("bfloat16 autocast", "float32")
+    assert any(f"began in {began} and resumes in {now}" in r.getMessage() for r in caplog.records)
     manifest = json.loads((res.package_dir / "principle.json").read_text())
     assert manifest["provenance"]["settings"]["bf16"] is native
 

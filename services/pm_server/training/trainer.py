@@ -477,6 +477,11 @@ def train_pm(
     train, val = _split(pairs, principle, config)
     rd = _RunDir(run_dir)
     state = _open_run(rd, config, train, val, principle=principle, version=version, fresh=fresh)
+    began_bf16 = state.get("bf16")  # None: a new run, or one begun before runs recorded their precision
+    if began_bf16 is not None and began_bf16 != config.bf16 and dist.is_main:
+        name = {True: "bfloat16 autocast", False: "float32"}
+        logger.warning("%s began in %s and resumes in %s", run_dir, name[began_bf16], name[bool(config.bf16)])
+    state["bf16"] = config.bf16
     pkg_dir = out_root / principle / state["version"]
     if pkg_dir.exists():
         raise TrainError(f"package {pkg_dir} already exists; give another --version")
