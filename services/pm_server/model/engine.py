@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,14 +21,13 @@ import torch
 from peft import PeftModel
 
 from pm_server.model.base import BaseModel, score_head
-from pm_server.model.grouped import GroupedLoRA, unsupported_reason
+from pm_server.model.grouped import GroupedLoRA, layer_index, layer_stack, unsupported_reason
 from pm_server.model.package import HEAD_WEIGHTS
 from pm_server.model.readout import Readout
 
 __all__ = ["Row", "ScoringEngine", "BASE_ADAPTER", "collate"]
 
 logger = logging.getLogger(__name__)
-_LAYER_INDEX = re.compile(r"\.layers?\.(\d+)\.")  # the block a module is in: bert's layer.3., llama's layers.3.
 
 #: PEFT's name for "no adapter" in a mixed batch: the base model with its own (untrained) head.
 BASE_ADAPTER = "__base__"
@@ -156,15 +154,19 @@ class ScoringEngine:
         if ours:
             peft.delete_adapter(name)
             raise ValueError(f"the package has weights this model has no place for: {ours[:3]}")
+        missing = [k for k in missing if f".{name}." in k]
+        if not missing:
+            return
         own_layers = getattr(peft.peft_config[name], "layers_to_transform", None)
+        stack, _ = layer_stack(peft)
         state = peft.state_dict()
 
         def inert(key: str) -> bool:  # a module outside the package's layers that adds nothing
-            layer = _LAYER_INDEX.search(key)
-            outside = own_layers is not None and layer is not None and int(layer.group(1)) not in own_layers
+            layer = layer_index(stack, key)
+            outside = own_layers is not None and layer is not None and layer not in own_layers
             return outside and not state[key.replace(".lora_A.", ".lora_B.")].any()
 
-        live = [k for k in missing if f".{name}." in k and not inert(k)]
+        live = [k for k in missing if not inert(k)]
         if live:
             peft.delete_adapter(name)
             raise ValueError(f"the package has no weights for {live[:3]}")

@@ -45,6 +45,13 @@ def layer_stack(model: torch.nn.Module) -> tuple[str | None, Sequence[torch.nn.M
     return None, []
 
 
+def layer_index(layers_name: str | None, name: str) -> int | None:
+    """The layer a module or parameter `name` is in, given the stack's name (`layer_stack`); None outside it."""
+    if layers_name is None or not name.startswith(layers_name + "."):
+        return None
+    return int(name[len(layers_name) + 1 :].split(".", 1)[0])
+
+
 def _take(x: Any, index: torch.Tensor, batch: int) -> Any:
     """x with every batched tensor (2+ dimensions, the first `batch`) indexed by `index`, in containers too.
 
@@ -120,12 +127,7 @@ class GroupedLoRA:
             self._uninstall.append(install_readout(layers[-1], self.readout_kind, self._readout_for))
 
     def _layer_index(self, mod_name: str) -> int | None:
-        if self._layers_name is None:
-            return None
-        prefix = self._layers_name + "."
-        if not mod_name.startswith(prefix):
-            return None  # outside the layer stack (e.g. a pooler): counts as layer 0, nothing shared
-        return int(mod_name[len(prefix) :].split(".", 1)[0])
+        return layer_index(self._layers_name, mod_name)  # None (outside the stack): layer 0, nothing shared
 
     def trunk_layers(self, slots: torch.Tensor) -> int:
         """How many lower layers no adapter of these rows' slots touches."""
