@@ -62,7 +62,13 @@ def _target_modules(value: str | None) -> list[str] | str | None:
 
 @app.command("train")
 def train(
-    principle: Annotated[str, typer.Option(help="Principle the package is for (its name), e.g. factuality.")],
+    principle: Annotated[
+        str,
+        typer.Option(
+            help="Principle the package is for (its name), e.g. factuality; also the principle of the --data "
+            "lines and HH-RLHF files that name none."
+        ),
+    ],
     data: DataOpt = None,
     store: StoreOpt = None,
     judge: Annotated[str | None, typer.Option(help="With --store: only this judge's labels.")] = None,
@@ -194,7 +200,10 @@ def train(
             seed=seed,
             device=device,
         )
-        pairs, sources = load_pairs(data, store, judge, None if pool else [principle])
+        # a file without principles (one written for this PM) trains it; with --pool every line must name its own
+        pairs, sources = load_pairs(
+            data, store, judge, None if pool else [principle], default_principle=None if pool else principle
+        )
         pairs = select_pairs(pairs, principle, pool=pool, limit=limit, seed=seed)
     except (TrainError, PairDataError) as e:
         raise _fail(str(e)) from None

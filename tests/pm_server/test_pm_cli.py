@@ -93,6 +93,28 @@ def test_train_errors_name_the_file_line_and_principle(tmp_path, tiny_encoder_di
     assert res.returncode == 2 and "nope.jsonl" in res.stderr
 
 
+def test_a_file_without_principles_trains_the_principle_given_and_pooling_it_is_refused(tmp_path, tiny_encoder_dir):
+    """A pair file written for one PM (no `principle` on its lines) and an HH-RLHF file given bare are that PM's
+    data under `pm train --principle`; a pooled run cannot tell whose pairs they are and names the file and line."""
+    bare = tmp_path / "bare.jsonl"
+    bare.write_text("".join(json.dumps({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}) + "\n"
+                            for p in politeness_pairs(40)))  # fmt: skip
+    hh = tmp_path / "hh.jsonl"
+    hh.write_text("".join(json.dumps({"chosen": f"\n\nHuman: q{i}?\n\nAssistant: thank you, {i}",
+                                      "rejected": f"\n\nHuman: q{i}?\n\nAssistant: no {i}"}) + "\n"
+                          for i in range(20)))  # fmt: skip
+    root = tmp_path / "adapters"
+    morlaif("pm", "train", "--principle", "politeness", "--data", str(bare), "--data", str(hh), "--epochs", "1",
+            "--version", "v1", "--base", str(tiny_encoder_dir), "--out-root", str(root),
+            "--run-dir", str(tmp_path / "run"), *FAST[2:])  # fmt: skip
+    manifest = json.loads((root / "politeness" / "v1" / "principle.json").read_text())
+    assert manifest["provenance"]["train"]["by_principle"] == {"politeness": manifest["metrics"]["train_pairs"]}
+    assert manifest["metrics"]["train_pairs"] + manifest["metrics"]["val_pairs"] == 60
+    res = morlaif("pm", "train", "--principle", "single_pm", "--pool", "--data", str(bare), "--base",
+                  str(tiny_encoder_dir), "--out-root", str(root), check=False)  # fmt: skip
+    assert res.returncode == 2 and f"{bare}:1: no valid principle" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_train_eval_publish_end_to_end(tmp_path, tiny_encoder_dir, live_server):
     """Two principles and a pooled single PM; eval writes a report, figures and a weights file the server
     accepts; --publish swaps a new version in while clients score without a single failure."""

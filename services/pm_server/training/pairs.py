@@ -100,8 +100,10 @@ def _unit_float(path: Path, n: int, obj: dict, key: str, default: float, *, uppe
     return float(v)
 
 
-def read_pairs(spec: DataSpec | str | Path) -> list[Pair]:
-    """Every pair of one data file (pair JSONL or HH-RLHF); errors name `file:line`."""
+def read_pairs(spec: DataSpec | str | Path, *, default_principle: str | None = None) -> list[Pair]:
+    """Every pair of one data file (pair JSONL or HH-RLHF); errors name `file:line`. A pair's principle is the
+    spec's (``principle=path``), else its line's ``principle`` field, else `default_principle` (`pm train
+    --principle`'s, for a file written for that one principle); with none of the three it is an error."""
     if isinstance(spec, Path):
         spec = DataSpec(path=spec, principle=None) if spec.is_file() else parse_spec(str(spec))
     elif isinstance(spec, str):
@@ -112,12 +114,13 @@ def read_pairs(spec: DataSpec | str | Path) -> list[Pair]:
     except JsonlError as e:
         raise PairDataError(str(e)) from e
     if fmt == "hh":
-        if spec.principle is None:
+        hh_principle = spec.principle or default_principle
+        if hh_principle is None:
             raise PairDataError(f"{path}: HH-RLHF transcripts carry no principle; give one as principle={path}")
         try:
             return [
                 Pair(prompt=r.prompt, chosen=r.chosen, rejected=r.rejected, principle=r.principle, source=r.source)
-                for r in read_hh(path, principle=spec.principle)
+                for r in read_hh(path, principle=hh_principle)
             ]
         except JsonlError as e:
             raise PairDataError(str(e)) from e
@@ -126,7 +129,7 @@ def read_pairs(spec: DataSpec | str | Path) -> list[Pair]:
         missing = [k for k in ("prompt", "chosen", "rejected") if not isinstance(obj.get(k), str)]
         if missing:
             raise PairDataError(f"{path}:{n}: missing or non-string field(s): {', '.join(missing)}")
-        principle = spec.principle or obj.get("principle")
+        principle = spec.principle or obj.get("principle", default_principle)
         if not isinstance(principle, str) or not PRINCIPLE_NAME_RE.match(principle):
             raise PairDataError(f"{path}:{n}: no valid principle on the line; give one as principle={path}")
         out.append(
@@ -220,12 +223,17 @@ def file_sha256(path: Path) -> str:
 
 
 def load_pairs(
-    data: Sequence[str] | None, store: str | None, judge: str | None, principles: Sequence[str] | None
+    data: Sequence[str] | None,
+    store: str | None,
+    judge: str | None,
+    principles: Sequence[str] | None,
+    *,
+    default_principle: str | None = None,
 ) -> tuple[list[Pair], list[dict[str, Any]]]:
-    """All pairs of the data specs (``PATH`` or ``PRINCIPLE=PATH``, as `--data` takes them), plus the label
-    store's labels of `principles` (every principle it has labels for when None); and their provenance (one
-    dict per file or store principle). Raises `PairDataError` naming the spec, file and line, or the store
-    without its password."""
+    """All pairs of the data specs (``PATH`` or ``PRINCIPLE=PATH``, as `--data` takes them; `default_principle`
+    for a line that names none, see `read_pairs`), plus the label store's labels of `principles` (every
+    principle it has labels for when None); and their provenance (one dict per file or store principle).
+    Raises `PairDataError` naming the spec, file and line, or the store without its password."""
     pairs: list[Pair] = []
     sources: list[dict[str, Any]] = []
     given: dict[tuple[Path, str | None], str] = {}
@@ -235,7 +243,7 @@ def load_pairs(
         if key in given:  # its pairs would count twice, in training and in every accuracy
             raise PairDataError(f"--data {raw} is given twice (first as {given[key]})")
         given[key] = raw
-        got = read_pairs(spec)
+        got = read_pairs(spec, default_principle=default_principle)
         pairs += got
         sources.append(
             {"file": str(spec.path), "principle": spec.principle, "sha256": file_sha256(spec.path), "pairs": len(got)}
