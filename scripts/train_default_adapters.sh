@@ -73,7 +73,7 @@ train() {  # principle, options...
   $MORLAIF pm train --principle "$p" --base "$BASE" --device "$DEVICE" --out-root "$OUT" --version "$VERSION" \
     --run-dir "var/runs/default-$p" "${EXTRA_ARGS[@]}" "$@"
 }
-train helpfulness --max-length 256 --epochs 2 "${HELPFUL[@]}"
+train helpfulness --max-length 256 --epochs 2 --lr 1e-3 "${HELPFUL[@]}"
 train harmlessness --max-length 256 --epochs 1 "${HARMLESS[@]}"
 train factuality --max-length 256 --epochs 2 "${FACTUAL[@]}"
 train toxicity --max-length 64 --epochs 2 "${TOXIC[@]}"
