@@ -113,6 +113,10 @@ def test_a_file_without_principles_trains_the_principle_given_and_pooling_it_is_
     res = morlaif("pm", "train", "--principle", "single_pm", "--pool", "--data", str(bare), "--base",
                   str(tiny_encoder_dir), "--out-root", str(root), check=False)  # fmt: skip
     assert res.returncode == 2 and f"{bare}:1: no valid principle" in res.stderr and "Traceback" not in res.stderr
+    with bare.open("a") as f:  # a line naming a principle that is no principle's name says which and why
+        f.write(json.dumps({"prompt": "a", "chosen": "b", "rejected": "c", "principle": "Bad Name!"}) + "\n")
+    res = morlaif("pm", "train", "--principle", "politeness", "--data", str(bare), check=False)
+    assert res.returncode == 2 and f"{bare}:41: field 'principle' is 'Bad Name!'" in res.stderr
 
 
 def test_train_eval_publish_end_to_end(tmp_path, tiny_encoder_dir, live_server):

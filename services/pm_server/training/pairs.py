@@ -130,8 +130,13 @@ def read_pairs(spec: DataSpec | str | Path, *, default_principle: str | None = N
         if missing:
             raise PairDataError(f"{path}:{n}: missing or non-string field(s): {', '.join(missing)}")
         principle = spec.principle or obj.get("principle", default_principle)
-        if not isinstance(principle, str) or not PRINCIPLE_NAME_RE.match(principle):
+        if principle is None:
             raise PairDataError(f"{path}:{n}: no valid principle on the line; give one as principle={path}")
+        if not isinstance(principle, str) or not PRINCIPLE_NAME_RE.match(principle):
+            raise PairDataError(
+                f"{path}:{n}: field 'principle' is {principle!r}, not a principle name "
+                "(lowercase letters, digits and _, starting with a letter, at most 64)"
+            )
         out.append(
             Pair(
                 prompt=obj["prompt"],
