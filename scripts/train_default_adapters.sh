@@ -74,6 +74,12 @@ train() {  # principle, options...
     --run-dir "var/runs/default-$p" "${EXTRA_ARGS[@]}" "$@"
 }
 train helpfulness --max-length 256 --epochs 2 --lr 1e-3 "${HELPFUL[@]}"
+# length-balanced weights still leave helpfulness leaning on length (right on 0.74 of its training pairs where the
+# longer reply is better, 0.56 where the shorter is): one coefficient, fitted on its training pairs, takes the lean
+# out of the served score (a new version, $VERSION-lc, beside the trained one; docs/training.md, "Length")
+if [ ! -d "$OUT/helpfulness/$VERSION-lc" ]; then
+  $MORLAIF pm length-correct helpfulness --adapter-root "$OUT" --base "$BASE" --device "$DEVICE"
+fi
 train harmlessness --max-length 256 --epochs 1 "${HARMLESS[@]}"
 train factuality --max-length 256 --epochs 2 "${FACTUAL[@]}"
 train toxicity --max-length 64 --epochs 2 "${TOXIC[@]}"

@@ -373,3 +373,93 @@ def split(
         raise _fail(str(e)) from None
     counts = write_split(pairs, out_dir, named, salt=salt)
     typer.echo(", ".join(f"{n}: {c} pairs -> {out_dir / (n + '.jsonl')}" for n, c in counts.items()))
+
+
+@app.command("length-correct")
+def length_correct(
+    principle: Annotated[str, typer.Argument(help="The principle whose newest package is corrected.")],
+    adapter_root: Annotated[Path, typer.Option(help="Where the packages are.")] = Path("var/adapters"),
+    version: Annotated[
+        str | None, typer.Option(help="Version of the corrected package (default: the old version + '-lc').")
+    ] = None,
+    base: Annotated[str, typer.Option(help="Base model the package was trained on.")] = "minilm",
+    min_pairs: Annotated[
+        int, typer.Option(min=1, help="Fewest training pairs needed where the better reply is shorter, and longer.")
+    ] = 30,
+    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
+) -> None:
+    """Take a PM's length lean out of the score it serves, as a new package version (same weights).
+
+    Re-reads the package's training data (from its provenance; the files must be unchanged), scores its training
+    and validation pairs, and fits one coefficient on the training pairs: the served score becomes
+    (raw - coef x ln(1 + response characters) - mean) / std, where coef makes the PM as accurate where the better
+    reply is the shorter one as where it is the longer one. Prints both accuracies before and after, on training
+    and on validation pairs; the new version is what a server loading the newest version serves.
+
+        morlaif pm length-correct helpfulness --adapter-root adapters
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from pm_server.training.evaluation import fmt
+    from pm_server.training.length import LengthCorrectionError, length_correct_package
+
+    try:
+        res = length_correct_package(
+            adapter_root, principle, base=base, device=device, version=version, min_pairs=min_pairs, echo=typer.echo
+        )
+    except LengthCorrectionError as e:
+        raise _fail(str(e)) from None
+    typer.echo(f"length coefficient {res.coef:+.4f} (raw score per unit of ln(1 + characters))")
+    for part, d in res.accuracy.items():
+        for when, row in d.items():
+            typer.echo(
+                f"  {part:10s} {when:6s}  all {fmt(row['all'])}  better shorter {fmt(row['shorter_better'])}  "
+                f"better longer {fmt(row['longer_better'])}"
+            )
+    typer.echo(f"wrote {res.path}")
+
+
+@app.command("refusal-pairs")
+def refusal_pairs_command(
+    data: Annotated[str, typer.Argument(help="Pair JSONL or HH-RLHF file, as PATH or PRINCIPLE=PATH.")],
+    prefer: Annotated[
+        str,
+        typer.Option(
+            help="answer: the prompts are fine to answer, their better reply beats a stock refusal; refusal: they are "
+            "harmful requests, a stock refusal beats their worse reply."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="Pair JSONL to write (.jsonl).")],
+    principle: Annotated[str, typer.Option(help="The principle the pairs are labelled for.")] = "harmlessness",
+    limit: Annotated[int | None, typer.Option(min=1, help="At most this many pairs (one per prompt).")] = None,
+) -> None:
+    """Stock refusals against real replies, one pair per prompt: data that teaches a PM when refusing is right.
+
+    A PM trained on red-team preferences alone learns that an apology always scores well. Pairs from prompts that
+    are fine to answer (--prefer answer) and from harmful ones (--prefer refusal), with the same refusals on both
+    sides, make the prompt the only thing that says whether the refusal wins:
+
+        morlaif pm refusal-pairs helpful-train.jsonl --prefer answer --out var/refusals/answer.jsonl --limit 800
+        morlaif pm refusal-pairs harmless-train.jsonl --prefer refusal --out var/refusals/refuse.jsonl --limit 800
+        morlaif pm train --principle harmlessness --data harmless-train.jsonl --data var/refusals/answer.jsonl \\
+            --data var/refusals/refuse.jsonl
+    """
+    from pm_server.training.pairs import PairDataError, read_pairs, write_split
+    from pm_server.training.refusals import refusal_pairs
+
+    if prefer not in ("answer", "refusal"):
+        raise typer.BadParameter(f"{prefer!r}: expected answer or refusal", param_hint="--prefer")
+    if out.suffix != ".jsonl":
+        raise typer.BadParameter(f"{out}: the output is pair JSONL, name it *.jsonl", param_hint="--out")
+    from morlaif.principles import PRINCIPLE_NAME_RE
+
+    if not PRINCIPLE_NAME_RE.match(principle):
+        raise typer.BadParameter(f"{principle!r} is not a principle name", param_hint="--principle")
+    try:
+        pairs = read_pairs(data, default_principle=principle)
+    except PairDataError as e:
+        raise _fail(str(e)) from None
+    made = refusal_pairs(pairs, prefer="answer" if prefer == "answer" else "refusal", principle=principle, limit=limit)
+    if not made:
+        raise _fail(f"{data}: no prompt with a reply that is not itself a refusal: no pairs written")
+    write_split(made, out.parent, [(out.stem, 1.0)], salt="refusal-pairs")
+    typer.echo(f"{len(made)} pairs ({prefer} preferred, from {len({p.prompt for p in pairs})} prompts) -> {out}")

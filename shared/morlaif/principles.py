@@ -15,10 +15,24 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-__all__ = ["PRINCIPLE_NAME_RE", "Principle", "DEFAULT_CONSTITUTION", "MORLAIF_PRINCIPLES", "get_principle"]
+__all__ = [
+    "PRINCIPLE_NAME_RE",
+    "STOCK_REFUSAL_RE",
+    "Principle",
+    "DEFAULT_CONSTITUTION",
+    "MORLAIF_PRINCIPLES",
+    "get_principle",
+]
 
 #: Names are identifiers: they become metric labels, directory names and JSON keys.
 PRINCIPLE_NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+#: A reply that opens with a stock refusal ("I'm sorry", "I cannot", "As an AI", ...): the server's `no_refusal`
+#: rule and the refusal pairs of `morlaif pm refusal-pairs` both read replies with it.
+STOCK_REFUSAL_RE = re.compile(
+    r"(?i)^\W*(I'?m sorry|I am sorry|I apologi[sz]e|Sorry\b|I can(?:no|')t|I cannot|I won'?t|As an AI|"
+    r"I'?m not able|I am not able|I'?d rather not|I will not)\b"
+)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -6,6 +6,7 @@ Every error the server returns has the shape of `ErrorResponse`:
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -54,6 +55,7 @@ __all__ = [
     "error_field",
     "first_error",
     "invalid_text",
+    "length_feature",
     "replace_invalid_text",
 ]
 
@@ -364,8 +366,26 @@ class CompareResponse(_Model):
 
 # ------------------------------------------------------------------------------------------- principles
 class Calibration(_Model):
+    """How a principle's raw score becomes the score it serves (``normalize: true``, the default)::
+
+        score = (raw - length_coef * ln(1 + response characters) - mean) / std
+
+    `mean` and `std` standardise (the raw scores' mean and spread on the package's validation pairs);
+    `length_coef` (0: none) takes out the part of the score that follows the response's length, as fitted by
+    `morlaif pm length-correct` (`pm_server.training.length`). Rules use mean and std only."""
+
     mean: float = 0.0
     std: float = Field(default=1.0, gt=0)
+    length_coef: float = Field(
+        default=0.0,
+        allow_inf_nan=False,
+        description="Raw-score units per unit of ln(1 + response characters), subtracted before standardising.",
+    )
+
+
+def length_feature(response: str) -> float:
+    """ln(1 + characters of `response`): the length a `Calibration.length_coef` multiplies."""
+    return math.log1p(len(response))
 
 
 class PrincipleInfo(_Model):

@@ -1,9 +1,10 @@
-"""`morlaif pm train|eval|split` as a user runs them: real processes, files, a real server for --publish."""
+"""`morlaif pm train|eval|split|length-correct` as a user runs them: real processes, files, a real server."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import os
 import subprocess
 import sys
@@ -12,10 +13,14 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 
-from morlaif.protocol import ScalarizerSpec
+from morlaif.protocol import Calibration, ScalarizerSpec, length_feature
+from pm_server.model.base import load_base
 from pm_server.serving.api import create_app
 from pm_server.serving.config import ServerSettings
+from pm_server.training.evaluation import PackageScorer, labelled_margins
+from pm_server.training.length import fit_length_coef, training_pairs
 from pm_server.training.pairs import Pair, split_by_prompt
 from rigs.pm_packages import politeness_pairs
 
@@ -365,3 +370,101 @@ def test_an_unreachable_store_is_a_clear_error_without_the_password(tmp_path):
     res = morlaif("pm", "train", "--principle", "politeness", "--store", url, check=False)
     assert res.returncode == 2 and "cannot open the label store" in res.stderr
     assert "hunter2secret" not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_length_correct_writes_a_new_version_that_the_server_serves_corrected(tmp_path, tiny_encoder_dir, live_server):
+    pairs = politeness_pairs(240)
+    data = write_pairs(tmp_path / "polite.jsonl", pairs)
+    root = tmp_path / "adapters"
+    morlaif(
+        "pm",
+        "train",
+        "--principle",
+        "politeness",
+        "--data",
+        str(data),
+        "--base",
+        str(tiny_encoder_dir),
+        "--out-root",
+        str(root),
+        "--run-dir",
+        str(tmp_path / "run"),
+        "--version",
+        "v1",
+        *FAST,
+    )
+    res = morlaif(
+        "pm",
+        "length-correct",
+        "politeness",
+        "--adapter-root",
+        str(root),
+        "--base",
+        str(tiny_encoder_dir),
+        "--device",
+        "cpu",
+        "--min-pairs",
+        "10",
+    )
+    assert "length coefficient" in res.stdout and "validation after" in res.stdout, res.stdout
+    old = json.loads((root / "politeness" / "v1" / "principle.json").read_text())
+    new = json.loads((root / "politeness" / "v1-lc" / "principle.json").read_text())
+    coef = new["calibration"]["length_coef"]
+    assert coef != 0.0  # this PM leans on length a little: the correction below is really applied
+    assert old["calibration"]["length_coef"] == 0.0 and coef == new["metrics"]["length_correction"]["length_coef"]
+    assert new["provenance"]["length_correction"]["from_version"] == "v1"
+    # the coefficient is the criterion's on the training pairs, recomputed here from the package's own data
+    scorer = PackageScorer(load_base(str(tiny_encoder_dir)), root)
+    scorer.load("politeness")  # the newest version: v1-lc
+    train, val = training_pairs(new["provenance"], "politeness")
+    raw = scorer.pair_scores("politeness", train, normalized=False)
+    d = torch.tensor([length_feature(p.chosen) - length_feature(p.rejected) for p in train], dtype=torch.float64)
+    assert fit_length_coef(labelled_margins(raw, train), d, min_pairs=10) == pytest.approx(coef, abs=1e-6)
+    # calibrated on validation: the corrected scores are standardised there
+    s = scorer.pair_scores("politeness", val)
+    flat = torch.cat([s[:, 0], s[:, 1]])
+    assert float(flat.mean()) == pytest.approx(0.0, abs=1e-4) and float(flat.std()) == pytest.approx(1.0, abs=1e-4)
+    # the server serves (raw - coef * ln(1 + chars) - mean) / std, and raw_scores stay the head's output
+    server = live_server(
+        create_app(ServerSettings(base_model=str(tiny_encoder_dir), adapter_root=root, insecure_dev=True))
+    ).start()
+    items = [{"prompt": p.prompt, "response": r} for p in val[:6] for r in (p.chosen, p.rejected)]
+    body = httpx.post(server.url + "/v1/score", json={"items": items, "principles": ["politeness"]}, timeout=30).json()
+    cal = Calibration(**new["calibration"])
+    for item, out in zip(items, body["results"], strict=True):
+        raw_score = out["raw_scores"]["politeness"]
+        want = (raw_score - coef * math.log1p(len(item["response"])) - cal.mean) / cal.std
+        assert out["scores"]["politeness"] == pytest.approx(want, abs=1e-5)
+    # a second run would overwrite: refused; changed training data: refused, naming the file
+    again = morlaif(
+        "pm",
+        "length-correct",
+        "politeness",
+        "--adapter-root",
+        str(root),
+        "--base",
+        str(tiny_encoder_dir),
+        "--device",
+        "cpu",
+        "--version",
+        "v1-lc",
+        check=False,
+    )
+    assert again.returncode == 2 and "exists: give another --version" in again.stderr
+    data.write_text(data.read_text() + data.read_text().splitlines(keepends=True)[0])
+    changed = morlaif(
+        "pm",
+        "length-correct",
+        "politeness",
+        "--adapter-root",
+        str(root),
+        "--base",
+        str(tiny_encoder_dir),
+        "--device",
+        "cpu",
+        "--version",
+        "v2",
+        check=False,
+    )
+    assert changed.returncode == 2 and f"{data}: changed since politeness was trained on it" in changed.stderr
+    assert "Traceback" not in changed.stderr

@@ -20,7 +20,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from morlaif.errors import MorlaifError
-from morlaif.principles import PRINCIPLE_NAME_RE
+from morlaif.principles import PRINCIPLE_NAME_RE, STOCK_REFUSAL_RE
 from morlaif.protocol import Calibration
 
 __all__ = ["LengthRule", "RegexRule", "Rule", "DEFAULT_RULES", "load_rules", "RuleError"]
@@ -82,7 +82,7 @@ DEFAULT_RULES: tuple[LengthRule | RegexRule, ...] = (
     RegexRule(
         name="no_refusal",
         description="1 when the response does not open with a stock refusal, else 0.",
-        pattern=r"(?i)^\W*(I'?m sorry|I am sorry|I can(?:no|')t|I cannot|I won'?t|As an AI)\b",
+        pattern=STOCK_REFUSAL_RE.pattern,
         match_score=0.0,
         no_match_score=1.0,
         calibration=Calibration(mean=0.5, std=0.5),

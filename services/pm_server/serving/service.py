@@ -40,6 +40,7 @@ from morlaif.protocol import (
     ScoreRequest,
     ScoreResponse,
     Usage,
+    length_feature,
     replace_invalid_text,
 )
 from morlaif.scalarize import scalarize
@@ -236,7 +237,15 @@ class ScoringService:
                 encoded += e
         finally:
             self.registry.release(entries)
-        return self._assemble(entries, raw, encoded, normalize, scalarizer, [c.dropped_parts for c in conversations])
+        return self._assemble(
+            entries,
+            raw,
+            encoded,
+            normalize,
+            scalarizer,
+            [c.dropped_parts for c in conversations],
+            [length_feature(response) for _, response in pairs],
+        )
 
     @staticmethod
     def _check_versions(entries: Sequence[Entry], expected: dict[str, str] | None) -> None:
@@ -302,7 +311,10 @@ class ScoringService:
         normalize: bool,
         scalarizer: ScalarizerSpec | None,
         dropped: Sequence[int],
+        lengths: Sequence[float],
     ) -> ScoreResponse:
+        """Scores from raw ones: calibrated (``normalize``: length term, then standardised; see `Calibration`),
+        the scalarized reward, the per-item usage. `lengths` is `length_feature` of each item's response."""
         names = [e.name for e in entries]
         raw_t = torch.tensor(raw, dtype=torch.float64).reshape(len(raw), len(names))  # (N, P)
         bad = (~torch.isfinite(raw_t)).nonzero()
@@ -312,7 +324,9 @@ class ScoringService:
         if normalize:
             mean = torch.tensor([e.calibration.mean for e in entries], dtype=torch.float64)
             std = torch.tensor([e.calibration.std for e in entries], dtype=torch.float64)
-            used = (raw_t - mean) / std
+            coef = torch.tensor([e.calibration.length_coef for e in entries], dtype=torch.float64)
+            length = torch.tensor(lengths, dtype=torch.float64).reshape(-1, 1)  # (N, 1)
+            used = (raw_t - coef * length - mean) / std
         else:
             used = raw_t
         rewards = None

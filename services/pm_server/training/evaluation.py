@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from morlaif.errors import ScalarizeError
-from morlaif.protocol import ScalarizerSpec
+from morlaif.protocol import ScalarizerSpec, length_feature
 from morlaif.scalarize import SCALARIZERS, scalarize
 from morlaif.stats import wilson_interval
 from pm_server.model.base import BaseModel
@@ -130,9 +130,11 @@ class PackageScorer:
         return out
 
     def normalized(self, name: str, prompts: Sequence[str], responses: Sequence[str]) -> torch.Tensor:
-        """Scores standardised by the package's calibration, as the server returns them by default."""
+        """Scores calibrated by the package's calibration (length term, then standardised), as the server
+        returns them by default."""
         cal = self.packages[name].manifest.calibration
-        return (self.raw(name, prompts, responses) - cal.mean) / cal.std
+        length = torch.tensor([length_feature(r) for r in responses])
+        return (self.raw(name, prompts, responses) - cal.length_coef * length - cal.mean) / cal.std
 
     def pair_scores(self, name: str | None, pairs: Sequence[Pair], *, normalized: bool = True) -> torch.Tensor:
         """(N, 2) scores of chosen and rejected."""
@@ -210,6 +212,7 @@ def principle_report(
     report: dict[str, Any] = {
         "principle": name,
         "version": scorer.packages[name].version,
+        "length_coef": scorer.packages[name].manifest.calibration.length_coef,  # `pm length-correct`'s, 0: none
         "pm": Accuracy.of(labelled_margins(scores, pairs)).to_dict(),
         "longer_wins": Accuracy.of(length_margins(pairs)).to_dict(),
         "untrained_head": untrained.to_dict(),

@@ -189,14 +189,20 @@ def write_markdown(result: dict[str, Any], out_dir: Path, figures: list[Path]) -
             lines += ["Only the prompts each package held out for validation are used.", ""]
         has_single = all("single_pm" in r for r in per)
         head = "| principle | version | pairs | PM |" + (" single PM |" if has_single else "")
-        head += " longer wins | untrained head | coin flip |"
+        head += " longer wins | untrained head | coin flip | length coefficient |"
         lines += [head, "|---" * (head.count("|") - 1) + "|"]
         for r in per:
             single = f" {fmt(r['single_pm'])} |" if has_single else ""
             lines.append(
                 f"| {r['principle']} | {r['version']} | {r['pm']['n']} | {fmt(r['pm'])} |{single} "
-                f"{fmt(r['longer_wins'])} | {fmt(r['untrained_head'])} | {fmt(r['coin_flip'])} |"
+                f"{fmt(r['longer_wins'])} | {fmt(r['untrained_head'])} | {fmt(r['coin_flip'])} | "
+                f"{r.get('length_coef', 0.0):+.3f} |"
             )
+        lines += [
+            "",
+            "*length coefficient*: what the served score subtracts per unit of ln(1 + response characters) before "
+            "standardising (`morlaif pm length-correct`; 0: none). Every accuracy here is of the served score.",
+        ]
         lines.append("")
         lines += _per_source(per, has_single)
     mo = result.get("multi_objective")

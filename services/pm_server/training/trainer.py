@@ -61,6 +61,7 @@ __all__ = [
     "TrainError",
     "TrainResult",
     "bradley_terry_loss",
+    "calibrate",
     "length_balance_weights",
     "length_correlation",
     "build_model",
@@ -510,7 +511,7 @@ def train_pm(
             package_dir=pkg_dir, version=state["version"], metrics={}, resumed_from_step=resumed_from, main=False
         )
     metrics = _metrics(state, val_loss, val_acc, len(inputs.val), len(inputs.train), loop.seconds())
-    calibration = _calibration(raw)
+    calibration = calibrate(raw)
     manifest = _manifest(
         principle, state["version"], base, config, inputs.template, calibration, metrics, train, val, data_sources
     )
@@ -813,7 +814,7 @@ class _Loop:
 
 
 # 5. calibration, metrics and the package
-def _calibration(raw: torch.Tensor) -> Calibration:
+def calibrate(raw: torch.Tensor) -> Calibration:
     """Mean and standard deviation of the raw validation scores (std 1 when there is no spread)."""
     std = float(raw.std()) if len(raw) > 1 else 1.0
     return Calibration(mean=float(raw.mean()), std=std if std > 1e-6 else 1.0)
