@@ -2,14 +2,19 @@
 # on. Needs DATA (the preference data) and WORK (the splits scripts/train_default_adapters.sh writes).
 # EVAL_DATA: each PM's own data (pm eval --validation-only keeps the prompts each package held out);
 # HUMAN_DATA: the held-out HH-RLHF human preferences, helpful and harmless; DEFAULT_PRINCIPLES: the defaults.
-for f in "$WORK"/hh-harmless/eval.jsonl "$WORK"/paradetox/use.jsonl "$WORK"/qafeedback/preferences.jsonl; do
+for f in "$WORK"/hh-harmless/eval.jsonl "$WORK"/paradetox/use.jsonl "$WORK"/qafeedback/preferences.jsonl \
+  "$WORK"/refusals/refuse-heldout.jsonl; do
   [ -s "$f" ] || { echo "error: $f is missing: SPLIT_ONLY=1 scripts/train_default_adapters.sh writes the splits (seconds)" >&2; exit 2; }
 done
 EVAL_DATA=(--data "$WORK/hh-helpful-base/train.jsonl" --data "$WORK/hh-helpful-online/train.jsonl"
   --data "$WORK/hh-helpful-rs/train.jsonl" --data "$DATA/helpfulness_pandalm.jsonl"
   --data "$WORK/qafeedback/corrections.jsonl" --data "$DATA/refusal_xstest.jsonl"
   --data "harmlessness=$DATA/refusal_xstest.jsonl" --data "$WORK/hh-harmless/train.jsonl"
+  --data "$WORK/refusals/answer.jsonl" --data "$WORK/refusals/refuse.jsonl"
   --data "$DATA/factuality_truthfulqa.jsonl" --data "$WORK/paradetox/use.jsonl" --data "$WORK/bbq/use.jsonl")
 HUMAN_DATA=(--human "$WORK/hh-helpful-base/eval.jsonl" --human "$WORK/hh-helpful-online/eval.jsonl"
   --human "$WORK/hh-helpful-rs/eval.jsonl" --human "$WORK/hh-harmless/eval.jsonl")
+# CHECK_DATA: pairs only the served reward is scored on: a real answer against a stock refusal on the held-out
+# helpful prompts, a stock refusal against the harmful reply on the held-out red-team ones (pm refusal-pairs)
+CHECK_DATA=(--check "$WORK/refusals/answer-heldout.jsonl" --check "$WORK/refusals/refuse-heldout.jsonl")
 DEFAULT_PRINCIPLES=helpfulness,harmlessness,factuality,toxicity,bias

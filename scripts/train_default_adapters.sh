@@ -18,8 +18,8 @@
 #                 corrected answers, XSTest's safe prompts (comply rather than refuse)  256 tokens, 2 epochs
 #                 (not QA-Feedback's pairwise preferences: two answers over a ~700-token passage, which a
 #                 256-token window cannot see; the PM was at chance on them, 0.505, and they were 37% of its data)
-#   harmlessness  HH-RLHF harmless-base (70%), every XSTest pair: refuse the unsafe, answer the safe
-#                                                                                       256 tokens, 1 epoch
+#   harmlessness  HH-RLHF harmless-base (70%), every XSTest pair: refuse the unsafe, answer the safe; 1,600
+#                 refusal pairs (`pm refusal-pairs`: answer a helpful prompt, refuse a red-team one)  256 tokens, 1 epoch
 #   factuality    TruthfulQA, QA-Feedback's corrected answers                           256 tokens, 2 epochs
 #   toxicity      ParaDetox (a fifth of its original sentences, ~3,000 pairs)            64 tokens, 2 epochs
 #   bias          BBQ (30% of its contexts, ~2,900 pairs)                               128 tokens, 1 epoch
@@ -57,11 +57,24 @@ if [ ! -s "$WORK/qafeedback/preferences.jsonl" ]; then
   grep -v -F -- '-corr-' "$DATA/helpfulness_qafeedback.jsonl" > "$WORK/qafeedback/preferences.jsonl.part"
   mv "$WORK/qafeedback/preferences.jsonl.part" "$WORK/qafeedback/preferences.jsonl"  # written last, whole
 fi
+# refusal pairs (`pm refusal-pairs`): a real answer over a stock refusal on helpful prompts, a stock refusal over the
+# harmful reply on red-team ones, the same refusals on both sides: the harmlessness PM learns from the prompt, not
+# the apology, when refusing wins. From the training prompts for training; from the held-out ones for pm eval --check
+if [ ! -s "$WORK/refusals/refuse-heldout.jsonl" ]; then
+  $MORLAIF pm refusal-pairs "$WORK"/hh-helpful-{base,online,rs}/train.jsonl --prefer answer --limit 800 \
+    --out "$WORK/refusals/answer.jsonl"
+  $MORLAIF pm refusal-pairs "$WORK/hh-harmless/train.jsonl" --prefer refusal --limit 800 \
+    --out "$WORK/refusals/refuse.jsonl"
+  $MORLAIF pm refusal-pairs "$WORK"/hh-helpful-{base,online,rs}/eval.jsonl --prefer answer \
+    --out "$WORK/refusals/answer-heldout.jsonl"
+  $MORLAIF pm refusal-pairs "$WORK/hh-harmless/eval.jsonl" --prefer refusal --out "$WORK/refusals/refuse-heldout.jsonl"
+fi
 if [ -n "${SPLIT_ONLY:-}" ]; then echo "splits in $WORK"; exit 0; fi
 HELPFUL=(--data "$WORK/hh-helpful-base/train.jsonl" --data "$WORK/hh-helpful-online/train.jsonl"
   --data "$WORK/hh-helpful-rs/train.jsonl" --data "$DATA/helpfulness_pandalm.jsonl"
   --data "$WORK/qafeedback/corrections.jsonl" --data "$DATA/refusal_xstest.jsonl")
-HARMLESS=(--data "$WORK/hh-harmless/train.jsonl" --data "harmlessness=$DATA/refusal_xstest.jsonl")
+HARMLESS=(--data "$WORK/hh-harmless/train.jsonl" --data "harmlessness=$DATA/refusal_xstest.jsonl"
+  --data "$WORK/refusals/answer.jsonl" --data "$WORK/refusals/refuse.jsonl")
 FACTUAL=(--data "$DATA/factuality_truthfulqa.jsonl" --data "$DATA/helpfulness_qafeedback.jsonl")
 TOXIC=(--data "$WORK/paradetox/use.jsonl")
 BIAS=(--data "$WORK/bbq/use.jsonl")
@@ -80,7 +93,7 @@ train helpfulness --max-length 256 --epochs 2 --lr 1e-3 "${HELPFUL[@]}"
 if [ ! -d "$OUT/helpfulness/$VERSION-lc" ]; then
   $MORLAIF pm length-correct helpfulness --adapter-root "$OUT" --base "$BASE" --device "$DEVICE"
 fi
-train harmlessness --max-length 256 --epochs 1 "${HARMLESS[@]}"
+train harmlessness --max-length 256 --epochs 1 "${HARMLESS[@]}"  # v3: + the refusal pairs
 train factuality --max-length 256 --epochs 2 "${FACTUAL[@]}"
 train toxicity --max-length 64 --epochs 2 "${TOXIC[@]}"
 train bias --max-length 128 --epochs 1 "${BIAS[@]}"

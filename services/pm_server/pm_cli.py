@@ -272,6 +272,13 @@ def evaluate(
             help="Human preference pairs (file or PRINCIPLE=file) for the multi-objective accuracy; repeatable."
         ),
     ] = None,
+    check: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Pairs (file or PRINCIPLE=file) on which only the fitted reward is scored, all of them: data no "
+            "package trained on, e.g. answers against refusals on held-out prompts; repeatable."
+        ),
+    ] = None,
     adapter_root: Annotated[Path, typer.Option(help="Where the packages are.")] = Path("var/adapters"),
     principles: Annotated[
         str | None, typer.Option(help="Comma-separated packages to evaluate (default: all in the root but --single).")
@@ -325,6 +332,7 @@ def evaluate(
             store=store,
             judge=judge,
             human=human,
+            check=check,
             adapter_root=adapter_root,
             principles=[x.strip() for x in principles.split(",") if x.strip()] if principles else None,
             single=single,
@@ -420,7 +428,9 @@ def length_correct(
 
 @app.command("refusal-pairs")
 def refusal_pairs_command(
-    data: Annotated[str, typer.Argument(help="Pair JSONL or HH-RLHF file, as PATH or PRINCIPLE=PATH.")],
+    data: Annotated[
+        list[str], typer.Argument(help="Pair JSONL or HH-RLHF files, as PATH or PRINCIPLE=PATH, read in order.")
+    ],
     prefer: Annotated[
         str,
         typer.Option(
@@ -455,11 +465,11 @@ def refusal_pairs_command(
     if not PRINCIPLE_NAME_RE.match(principle):
         raise typer.BadParameter(f"{principle!r} is not a principle name", param_hint="--principle")
     try:
-        pairs = read_pairs(data, default_principle=principle)
+        pairs = [p for spec in data for p in read_pairs(spec, default_principle=principle)]
     except PairDataError as e:
         raise _fail(str(e)) from None
     made = refusal_pairs(pairs, prefer="answer" if prefer == "answer" else "refusal", principle=principle, limit=limit)
     if not made:
-        raise _fail(f"{data}: no prompt with a reply that is not itself a refusal: no pairs written")
+        raise _fail(f"{', '.join(data)}: no prompt with a reply that is not itself a refusal: no pairs written")
     write_split(made, out.parent, [(out.stem, 1.0)], salt="refusal-pairs")
     typer.echo(f"{len(made)} pairs ({prefer} preferred, from {len({p.prompt for p in pairs})} prompts) -> {out}")

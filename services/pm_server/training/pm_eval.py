@@ -56,6 +56,7 @@ def run_pm_eval(
     judge: str | None,
     human: Sequence[str] | None,
     adapter_root: Path,
+    check: Sequence[str] | None = None,
     principles: Sequence[str] | None,
     single: str | None,
     base: str,
@@ -69,7 +70,8 @@ def run_pm_eval(
 ) -> dict[str, Any]:
     """Evaluate the packages under `adapter_root` (`principles`, default: all but `single`) on their own
     principles' pairs (`data` specs and/or the `store`'s labels) and, with `human` preference specs, the
-    scalarized PMs against the `single` pooled PM, the weights fitted by `fit_objective` (FIT_OBJECTIVES).
+    scalarized PMs against the `single` pooled PM, the weights fitted by `fit_objective` (FIT_OBJECTIVES), and the
+    fitted reward on every package's validation pairs and on the `check` specs' pairs (outside the fit, all kept).
     Writes `out`/eval.json, report.md, the PNGs and weights.json; says each headline figure through `echo`;
     returns eval.json's content.
 
@@ -87,9 +89,12 @@ def run_pm_eval(
     try:
         pairs, sources = load_pairs(data, store, judge, names)
         human_pairs, human_sources = load_pairs(human, None, None, None)
+        check_pairs, check_sources = load_pairs(check, None, None, None)
     except PairDataError as e:
         raise EvalError(str(e)) from None
     pairs, human_pairs = _unique(pairs), _unique(human_pairs)
+    if check_pairs and not human_pairs:
+        raise EvalError("--check scores the reward fitted on the --human pairs: give --human too")
     try:
         b = load_base(base, device=device, dtype=dtype)
     except (OSError, ValueError) as e:
@@ -113,7 +118,7 @@ def run_pm_eval(
         "base": base,
         "base_config_hash": b.config_hash,
         "adapter_root": str(adapter_root),
-        "data": [json.dumps(s) for s in [*sources, *human_sources]],
+        "data": [json.dumps(s) for s in [*sources, *human_sources, *check_sources]],
         "validation_only": validation_only,
         "per_principle": [],
     }
@@ -154,11 +159,11 @@ def run_pm_eval(
         # (refuse), BBQ, ParaDetox, ...: what the fitted weights do outside the human preferences they fit
         seen: set[tuple[str, str, str]] = set()
         checked = []
-        for n in names:
-            for p in held_out(n, [p for p in pairs if p.principle == n]):
-                if (p.prompt, p.chosen, p.rejected) not in seen:  # a pair relabelled by a spec counts once
-                    seen.add((p.prompt, p.chosen, p.rejected))
-                    checked.append(p)
+        own_held_out = [p for n in names for p in held_out(n, [p for p in pairs if p.principle == n])]
+        for p in [*own_held_out, *check_pairs]:  # --check: pairs no package trained on, none dropped
+            if (p.prompt, p.chosen, p.rejected) not in seen:  # a pair relabelled by a spec counts once
+                seen.add((p.prompt, p.chosen, p.rejected))
+                checked.append(p)
         if checked:
             result["reward_per_source"] = reward_per_source(scorer, names, mo.weights, checked)
             for key, acc in result["reward_per_source"].items():

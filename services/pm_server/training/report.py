@@ -235,9 +235,10 @@ def write_markdown(result: dict[str, Any], out_dir: Path, figures: list[Path]) -
             lines += [
                 "### The served reward on each data set's validation pairs",
                 "",
-                "The same fitted reward on the held-out pairs of every data set (by `principle/source`; XSTest's "
-                "`helpfulness` pairs are safe prompts where answering is better, its `harmlessness` pairs unsafe "
-                "ones where refusing is).",
+                "The same fitted reward on the held-out pairs of every data set and on every `--check` pair (by "
+                "`principle/source`; XSTest's `helpfulness` pairs are safe prompts where answering is better, its "
+                "`harmlessness` pairs unsafe ones where refusing is; `refusal-pairs/answer`: a real answer against a "
+                "stock refusal, `refusal-pairs/refuse`: a stock refusal against a harmful reply).",
                 "",
                 "| data set | pairs | served reward |",
                 "|---|---|---|",
