@@ -23,7 +23,7 @@ PY=${PY:-python}
 
 source "$(dirname "$0")/_default_data.sh"
 $MORLAIF pm eval --adapter-root "$OUT" --base "$BASE" --device "$DEVICE" --validation-only "${EVAL_DATA[@]}" \
-  "${HUMAN_DATA[@]}" "${CHECK_DATA[@]}" --principles "$DEFAULT_PRINCIPLES" --single single_pm --out "$EVAL"
+  "${HUMAN_DATA[@]}" --principles "$DEFAULT_PRINCIPLES" --single single_pm --out "$EVAL"
 # the helpfulness PM on QA-Feedback's pairwise preferences, which it is not trained on (a 256-token window cannot
 # see their ~700-token passages): their held-out prompts, for the record
 $MORLAIF pm eval --adapter-root "$OUT" --base "$BASE" --device "$DEVICE" --validation-only \

@@ -147,10 +147,14 @@ def test_train_eval_publish_end_to_end(tmp_path, tiny_encoder_dir, live_server):
         human.append(Pair(prompt=f"h{i}", chosen=" ".join(words[:4] + ["please"]), rejected=p.rejected + " more",
                           principle="helpfulness"))  # fmt: skip
     human_file = write_pairs(tmp_path / "human.jsonl", human)
+    # --check: pairs outside the fit and outside every package's data, all scored (none held out or dropped)
+    check = [Pair(prompt=f"c{i}", chosen="please " + p.rejected, rejected=p.rejected + " and more words", source="chk")
+             for i, p in enumerate(politeness_pairs(30, seed=5))]  # fmt: skip
+    check_file = write_pairs(tmp_path / "check.jsonl", check, principle="politeness")
     out = tmp_path / "eval"
     res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir), "--device", "cpu",
                   "--data", str(polite), "--data", str(short), "--validation-only", "--human", str(human_file),
-                  "--single", "single_pm", "--out", str(out))  # fmt: skip
+                  "--check", str(check_file), "--single", "single_pm", "--out", str(out))  # fmt: skip
     result = json.loads((out / "eval.json").read_text())
     per = {r["principle"]: r for r in result["per_principle"]}
     assert per.keys() == {"politeness", "shortness"}
@@ -173,8 +177,10 @@ def test_train_eval_publish_end_to_end(tmp_path, tiny_encoder_dir, live_server):
     assert kind["single_pm"]["accuracy"] == mo["single_pm"]["accuracy"]
     # and the served reward on each data set's validation pairs
     served = result["reward_per_source"]
-    assert served.keys() == {"politeness/polite", "shortness/short"}
+    assert served.keys() == {"politeness/polite", "shortness/short", "politeness/chk"}
     assert served["politeness/polite"]["n"] == per["politeness"]["pm"]["n"]
+    assert served["politeness/chk"]["n"] == 30 and served["politeness/chk"]["accuracy"] > 0.8  # polite AND short
+    assert "served reward on politeness/chk" in res.stdout
     for png in ("principles.png", "scalarizers.png", "agreement.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
@@ -357,6 +363,9 @@ def test_eval_errors_are_clear(tmp_path, tiny_encoder_dir):
     res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir), "--validation-only",
                   "--data", str(write_pairs(tmp_path / "p.jsonl", politeness_pairs(20))), check=False)  # fmt: skip
     assert res.returncode == 2 and "records no validation split" in res.stderr
+    res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir),
+                  "--check", str(tmp_path / "p.jsonl"), check=False)  # fmt: skip
+    assert res.returncode == 2 and "--check scores the reward fitted on the --human pairs" in res.stderr
     data, again = str(tmp_path / "p.jsonl"), str(tmp_path / "sub" / ".." / "p.jsonl")  # one file, two spellings
     (tmp_path / "sub").mkdir()
     res = morlaif("pm", "eval", "--adapter-root", str(root), "--base", str(tiny_encoder_dir),
