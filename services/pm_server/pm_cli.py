@@ -8,11 +8,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from morlaif import envvars
+
+if TYPE_CHECKING:
+    from pm_server.training.length import LengthCorrection
 
 app = typer.Typer(
     name="pm",
@@ -156,6 +159,14 @@ def train(
         typer.Option(help="PM server URL to load the new version on (admin key from MORLAIF_ADMIN_KEY)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", help="No progress bar.")] = False,
+    length_correct: Annotated[
+        bool,
+        typer.Option(
+            "--length-correct",
+            help="Then take the PM's length lean out of its served score (as `pm length-correct`): writes "
+            "<version>-lc beside the package, and --publish loads that one.",
+        ),
+    ] = False,
 ) -> None:
     """Train one preference model (LoRA + score head, soft Bradley-Terry) and write its adapter package.
 
@@ -239,8 +250,11 @@ def train(
         f"wrote {result.package_dir}: validation accuracy {m['val_accuracy']:.3f} [{lo:.3f}, {hi:.3f}] "
         f"on {m['val_pairs']} pairs, best epoch {m['best_epoch']}, {m['train_seconds']:.0f} s"
     )
+    served = result.version
+    if length_correct:
+        served = _length_correct(out_root, principle, base, device, from_version=result.version, min_pairs=30).version
     if publish is not None:
-        _publish(publish, principle, result.version)
+        _publish(publish, principle, served)
 
 
 def _publish(url: str, principle: str, version: str) -> None:
@@ -385,10 +399,13 @@ def split(
 
 @app.command("length-correct")
 def length_correct(
-    principle: Annotated[str, typer.Argument(help="The principle whose newest package is corrected.")],
+    principle: Annotated[str, typer.Argument(help="The principle whose package is corrected.")],
     adapter_root: Annotated[Path, typer.Option(help="Where the packages are.")] = Path("var/adapters"),
     version: Annotated[
         str | None, typer.Option(help="Version of the corrected package (default: the old version + '-lc').")
+    ] = None,
+    from_version: Annotated[
+        str | None, typer.Option(help="The package version to correct (default: the newest).")
     ] = None,
     base: Annotated[str, typer.Option(help="Base model the package was trained on.")] = "minilm",
     min_pairs: Annotated[
@@ -407,12 +424,35 @@ def length_correct(
         morlaif pm length-correct helpfulness --adapter-root adapters
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    _length_correct(
+        adapter_root, principle, base, device, version=version, from_version=from_version, min_pairs=min_pairs
+    )
+
+
+def _length_correct(
+    root: Path,
+    principle: str,
+    base: str,
+    device: str,
+    *,
+    min_pairs: int,
+    version: str | None = None,
+    from_version: str | None = None,
+) -> LengthCorrection:
+    """Run `length_correct_package` and print what it changed; exit 2 with its message when it cannot."""
     from pm_server.training.evaluation import fmt
     from pm_server.training.length import LengthCorrectionError, length_correct_package
 
     try:
         res = length_correct_package(
-            adapter_root, principle, base=base, device=device, version=version, min_pairs=min_pairs, echo=typer.echo
+            root,
+            principle,
+            base=base,
+            device=device,
+            version=version,
+            from_version=from_version,
+            min_pairs=min_pairs,
+            echo=typer.echo,
         )
     except LengthCorrectionError as e:
         raise _fail(str(e)) from None
@@ -424,6 +464,7 @@ def length_correct(
                 f"better longer {fmt(row['longer_better'])}"
             )
     typer.echo(f"wrote {res.path}")
+    return res
 
 
 @app.command("refusal-pairs")

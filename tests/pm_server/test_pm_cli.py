@@ -385,36 +385,10 @@ def test_length_correct_writes_a_new_version_that_the_server_serves_corrected(tm
     pairs = politeness_pairs(240)
     data = write_pairs(tmp_path / "polite.jsonl", pairs)
     root = tmp_path / "adapters"
-    morlaif(
-        "pm",
-        "train",
-        "--principle",
-        "politeness",
-        "--data",
-        str(data),
-        "--base",
-        str(tiny_encoder_dir),
-        "--out-root",
-        str(root),
-        "--run-dir",
-        str(tmp_path / "run"),
-        "--version",
-        "v1",
-        *FAST,
-    )
-    res = morlaif(
-        "pm",
-        "length-correct",
-        "politeness",
-        "--adapter-root",
-        str(root),
-        "--base",
-        str(tiny_encoder_dir),
-        "--device",
-        "cpu",
-        "--min-pairs",
-        "10",
-    )
+    # pm train --length-correct: the package, then its corrected version (as `pm length-correct` writes it)
+    res = morlaif("pm", "train", "--principle", "politeness", "--data", str(data), "--base", str(tiny_encoder_dir),
+                  "--out-root", str(root), "--run-dir", str(tmp_path / "run"), "--version", "v1", "--length-correct",
+                  *FAST)  # fmt: skip
     assert "length coefficient" in res.stdout and "validation after" in res.stdout, res.stdout
     old = json.loads((root / "politeness" / "v1" / "principle.json").read_text())
     new = json.loads((root / "politeness" / "v1-lc" / "principle.json").read_text())
@@ -445,35 +419,11 @@ def test_length_correct_writes_a_new_version_that_the_server_serves_corrected(tm
         want = (raw_score - coef * math.log1p(len(item["response"])) - cal.mean) / cal.std
         assert out["scores"]["politeness"] == pytest.approx(want, abs=1e-5)
     # a second run would overwrite: refused; changed training data: refused, naming the file
-    again = morlaif(
-        "pm",
-        "length-correct",
-        "politeness",
-        "--adapter-root",
-        str(root),
-        "--base",
-        str(tiny_encoder_dir),
-        "--device",
-        "cpu",
-        "--version",
-        "v1-lc",
-        check=False,
-    )
-    assert again.returncode == 2 and "exists: give another --version" in again.stderr
+    cmd = ["pm", "length-correct", "politeness", "--adapter-root", str(root), "--base", str(tiny_encoder_dir),
+           "--device", "cpu"]  # fmt: skip
+    again = morlaif(*cmd, "--from-version", "v1", check=False)
+    assert again.returncode == 2 and "v1-lc exists: give another --version" in again.stderr
     data.write_text(data.read_text() + data.read_text().splitlines(keepends=True)[0])
-    changed = morlaif(
-        "pm",
-        "length-correct",
-        "politeness",
-        "--adapter-root",
-        str(root),
-        "--base",
-        str(tiny_encoder_dir),
-        "--device",
-        "cpu",
-        "--version",
-        "v2",
-        check=False,
-    )
+    changed = morlaif(*cmd, "--version", "v2", check=False)
     assert changed.returncode == 2 and f"{data}: changed since politeness was trained on it" in changed.stderr
     assert "Traceback" not in changed.stderr

@@ -136,7 +136,8 @@ def _sha256(path: Path) -> str:
 
 
 def training_pairs(provenance: dict[str, Any], principle: str) -> tuple[list[Pair], list[Pair]]:
-    """(train, validation) pairs of a package, rebuilt from its provenance as `pm train` read and split them.
+    """(train, validation) pairs of a package, rebuilt from its provenance as `pm train` read and split them (with
+    `pm train --limit`, "train" is every pair outside the validation split, not only the sample it trained on).
 
     Raises:
         LengthCorrectionError: the package records no data files or split, trained on a label store, or a data
@@ -161,6 +162,10 @@ def training_pairs(provenance: dict[str, Any], principle: str) -> tuple[list[Pai
         except PairDataError as e:
             raise LengthCorrectionError(str(e)) from None
     pairs = [p for p in pairs if p.principle == principle]
+    if not pairs:
+        raise LengthCorrectionError(
+            f"no {principle} pairs in the training files of package {principle} (a --pool package has none)"
+        )
     return split_by_prompt(pairs, split["val_fraction"], salt=split.get("salt", ""))
 
 
@@ -172,10 +177,12 @@ def length_correct_package(
     device: str = "auto",
     dtype: str = "auto",
     version: str | None = None,
+    from_version: str | None = None,
     min_pairs: int = MIN_PAIRS,
     echo: Callable[[str], Any] = print,
 ) -> LengthCorrection:
-    """Fit `principle`'s length coefficient on the training pairs of its newest package under `root` and write the
+    """Fit `principle`'s length coefficient on the training pairs of its package `from_version` (default: the newest)
+    under `root` and write the
     package again as `version` (default: the old version + "-lc"): same weights, the new `Calibration` (mean and
     std of the corrected raw scores on the validation pairs, as `pm train` computes them), the accuracies in
     metrics["length_correction"] and provenance["length_correction"].
@@ -186,7 +193,7 @@ def length_correct_package(
     """
     try:
         scorer = PackageScorer(load_base(base, device=device, dtype=dtype), root)
-        pkg = scorer.load(principle)
+        pkg = scorer.load(principle, from_version)
     except (PackageError, OSError, ValueError) as e:
         raise LengthCorrectionError(f"{principle}: {e}") from None
     new_version = version or f"{pkg.version}-lc"
