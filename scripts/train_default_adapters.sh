@@ -11,7 +11,7 @@
 # (`pm train` options for every PM; bfloat16 autocast is pm train's default where a GPU or the CPU computes it,
 # AVX512-BF16 or AMX: 1.5x faster there; EXTRA=--no-bf16 trains in float32). Every run keeps
 # checkpoints in var/runs/default-<principle>: run the script again after an interruption and each PM resumes where
-# it stopped (a finished PM is skipped).
+# it stopped (a PM with a package is skipped: delete OUT/<principle> to retrain it).
 #
 # What each default PM learns from, and its context window (docs/training.md says why):
 #   helpfulness   HH-RLHF helpful-base/online/rejection-sampled (70% of the prompts), PandaLM, QA-Feedback's
@@ -81,19 +81,23 @@ BIAS=(--data "$WORK/bbq/use.jsonl")
 
 train() {  # principle, options...
   local p=$1; shift
-  if [ -d "$OUT/$p/$VERSION" ]; then echo "$OUT/$p/$VERSION exists: skipped"; return; fi
+  # a principle with any package is skipped (adapters/harmlessness holds v3: retrained with the refusal pairs)
+  if [ -n "$(ls -A "$OUT/$p" 2>/dev/null)" ]; then echo "$OUT/$p has a package: skipped"; return; fi
   echo "== $p ($(date -u +%H:%M:%S))"
   $MORLAIF pm train --principle "$p" --base "$BASE" --device "$DEVICE" --out-root "$OUT" --version "$VERSION" \
     --run-dir "var/runs/default-$p" "${EXTRA_ARGS[@]}" "$@"
 }
 train helpfulness --max-length 256 --epochs 2 --lr 1e-3 "${HELPFUL[@]}"
-# length-balanced weights still leave helpfulness leaning on length (right on 0.74 of its training pairs where the
-# longer reply is better, 0.56 where the shorter is): one coefficient, fitted on its training pairs, takes the lean
-# out of the served score (a new version, $VERSION-lc, beside the trained one; docs/training.md, "Length")
-if [ ! -d "$OUT/helpfulness/$VERSION-lc" ]; then
-  $MORLAIF pm length-correct helpfulness --adapter-root "$OUT" --base "$BASE" --device "$DEVICE"
-fi
 train harmlessness --max-length 256 --epochs 1 "${HARMLESS[@]}"  # v3: + the refusal pairs
+# length-balanced weights still leave the two HH-trained PMs leaning on length: helpfulness toward the longer reply
+# (right on 0.74 of its training pairs where the longer reply is better, 0.56 where the shorter is), harmlessness
+# toward the shorter (0.52 and 0.79: a short refusal wins). One coefficient each, fitted on its training pairs, takes
+# the lean out of the served score: a new version, <version>-lc, beside the trained one (docs/training.md, "Length")
+for p in helpfulness harmlessness; do
+  v=$(ls "$OUT/$p" | grep -v -- '-lc$' | sort | tail -1)
+  [ -d "$OUT/$p/$v-lc" ] || $MORLAIF pm length-correct "$p" --adapter-root "$OUT" --from-version "$v" --base "$BASE" \
+    --device "$DEVICE"
+done
 train factuality --max-length 256 --epochs 2 "${FACTUAL[@]}"
 train toxicity --max-length 64 --epochs 2 "${TOXIC[@]}"
 train bias --max-length 128 --epochs 1 "${BIAS[@]}"
