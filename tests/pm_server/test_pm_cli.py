@@ -148,7 +148,7 @@ def test_train_eval_publish_end_to_end(tmp_path, tiny_encoder_dir, live_server):
                           principle="helpfulness"))  # fmt: skip
     human_file = write_pairs(tmp_path / "human.jsonl", human)
     # --check: pairs outside the fit and outside every package's data, all scored (none held out or dropped)
-    check = [Pair(prompt=f"c{i}", chosen="please " + p.rejected, rejected=p.rejected + " and more words", source="chk")
+    check = [Pair(prompt=f"c{i}", chosen="please " + p.rejected, rejected=p.rejected + " and more words")
              for i, p in enumerate(politeness_pairs(30, seed=5))]  # fmt: skip
     check_file = write_pairs(tmp_path / "check.jsonl", check, principle="politeness")
     out = tmp_path / "eval"
@@ -177,10 +177,10 @@ def test_train_eval_publish_end_to_end(tmp_path, tiny_encoder_dir, live_server):
     assert kind["single_pm"]["accuracy"] == mo["single_pm"]["accuracy"]
     # and the served reward on each data set's validation pairs
     served = result["reward_per_source"]
-    assert served.keys() == {"politeness/polite", "shortness/short", "politeness/chk"}
+    assert served.keys() == {"politeness/polite", "shortness/short", "politeness/check"}
     assert served["politeness/polite"]["n"] == per["politeness"]["pm"]["n"]
-    assert served["politeness/chk"]["n"] == 30 and served["politeness/chk"]["accuracy"] > 0.8  # polite AND short
-    assert "served reward on politeness/chk" in res.stdout
+    assert served["politeness/check"]["n"] == 30 and served["politeness/check"]["accuracy"] > 0.8  # polite AND short
+    assert "served reward on politeness/check" in res.stdout
     for png in ("principles.png", "scalarizers.png", "agreement.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     report = (out / "report.md").read_text()
