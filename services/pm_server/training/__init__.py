@@ -1,4 +1,4 @@
-"""Training and evaluating preference models: ``morlaif pm train`` and ``morlaif pm eval``.
+"""Training and evaluating preference models: ``morlaif pm train``, ``pm eval`` and what prepares and corrects them.
 
 It imports the model layer (`pm_server.model`), never `pm_server.serving`. Modules:
 
@@ -8,4 +8,6 @@ It imports the model layer (`pm_server.model`), never `pm_server.serving`. Modul
 * `evaluation`: accuracy per principle against baselines; scalarizers on human preferences with fitted weights.
 * `pm_eval`: `run_pm_eval`, the ``pm eval`` job (scores, evaluation, report, ``weights.json``).
 * `report`: ``pm eval``'s figures and ``report.md``.
+* `length`: ``pm length-correct``, one coefficient per package that takes its length lean out of the served score.
+* `refusals`: ``pm refusal-pairs``, stock refusals against real replies, the prompt deciding which wins.
 """
