@@ -22,7 +22,6 @@ weights; calibration, metrics and provenance updated): `morlaif pm length-correc
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,7 +41,7 @@ from pm_server.model.package import (
     write_manifest,
 )
 from pm_server.training.evaluation import Accuracy, PackageScorer, labelled_margins
-from pm_server.training.pairs import DataSpec, Pair, PairDataError, read_pairs, split_by_prompt
+from pm_server.training.pairs import DataSpec, Pair, PairDataError, file_sha256, read_pairs, split_by_prompt
 from pm_server.training.trainer import calibrate
 
 __all__ = ["LengthCorrection", "LengthCorrectionError", "fit_length_coef", "length_correct_package", "side_accuracy"]
@@ -127,14 +126,6 @@ class LengthCorrection:
         }
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def training_pairs(provenance: dict[str, Any], principle: str) -> tuple[list[Pair], list[Pair]]:
     """(train, validation) pairs of a package, rebuilt from its provenance as `pm train` read and split them (with
     `pm train --limit`, "train" is every pair outside the validation split, not only the sample it trained on).
@@ -155,7 +146,7 @@ def training_pairs(provenance: dict[str, Any], principle: str) -> tuple[list[Pai
         path = Path(d["file"])
         if not path.is_file():
             raise LengthCorrectionError(f"{path}: training data file of {principle} is missing (run from where it is)")
-        if d.get("sha256") and _sha256(path) != d["sha256"]:
+        if d.get("sha256") and file_sha256(path) != d["sha256"]:
             raise LengthCorrectionError(f"{path}: changed since {principle} was trained on it (sha256 differs)")
         try:
             pairs += read_pairs(DataSpec(path, d.get("principle")), default_principle=principle)
