@@ -252,7 +252,15 @@ def train(
     )
     served = result.version
     if length_correct:
-        served = _length_correct(out_root, principle, base, device, from_version=result.version, min_pairs=30).version
+        served = _length_correct(
+            out_root,
+            principle,
+            base,
+            device,
+            from_version=result.version,
+            min_pairs=30,
+            failing=f"{result.package_dir} is written, but not length-corrected: ",
+        ).version
     if publish is not None:
         _publish(publish, principle, served)
 
@@ -438,8 +446,9 @@ def _length_correct(
     min_pairs: int,
     version: str | None = None,
     from_version: str | None = None,
+    failing: str = "",
 ) -> LengthCorrection:
-    """Run `length_correct_package` and print what it changed; exit 2 with its message when it cannot."""
+    """Run `length_correct_package` and print what it changed; exit 2 with `failing` + its message when it cannot."""
     from pm_server.training.evaluation import fmt
     from pm_server.training.length import LengthCorrectionError, length_correct_package
 
@@ -455,7 +464,7 @@ def _length_correct(
             echo=typer.echo,
         )
     except LengthCorrectionError as e:
-        raise _fail(str(e)) from None
+        raise _fail(f"{failing}{e}") from None
     typer.echo(f"length coefficient {res.coef:+.4f} (raw score per unit of ln(1 + characters))")
     for part, d in res.accuracy.items():
         for when, row in d.items():

@@ -6,6 +6,7 @@ import concurrent.futures
 import json
 import math
 import os
+import random
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ from pm_server.serving.config import ServerSettings
 from pm_server.training.evaluation import PackageScorer, labelled_margins
 from pm_server.training.length import fit_length_coef, training_pairs
 from pm_server.training.pairs import Pair, split_by_prompt
-from rigs.pm_packages import politeness_pairs
+from rigs.pm_packages import politeness_pairs, sentence
 
 ADMIN_KEY = "admin-key-0123456789"
 API_KEY = "score-key-0123456789"
@@ -382,20 +383,31 @@ def test_an_unreachable_store_is_a_clear_error_without_the_password(tmp_path):
 
 
 def test_length_correct_writes_a_new_version_that_the_server_serves_corrected(tmp_path, tiny_encoder_dir, live_server):
-    pairs = politeness_pairs(240)
-    data = write_pairs(tmp_path / "polite.jsonl", pairs)
+    # labels with no signal but length: the longer reply is chosen in 3 pairs of 4, so a PM trained without the
+    # length-balanced weights learns "longer wins", and is wrong wherever the shorter reply was chosen
+    rng = random.Random(5)
+    pairs = []
+    for i in range(240):
+        short, long_ = sentence(rng, rng.randint(2, 5)), sentence(rng, rng.randint(8, 14))
+        chosen, rejected = (long_, short) if i % 4 else (short, long_)
+        pairs.append(Pair(prompt=f"q{i}", chosen=chosen, rejected=rejected, principle="politeness"))
+    data = write_pairs(tmp_path / "lengthy.jsonl", pairs)
     root = tmp_path / "adapters"
     # pm train --length-correct: the package, then its corrected version (as `pm length-correct` writes it)
     res = morlaif("pm", "train", "--principle", "politeness", "--data", str(data), "--base", str(tiny_encoder_dir),
                   "--out-root", str(root), "--run-dir", str(tmp_path / "run"), "--version", "v1", "--length-correct",
-                  *FAST)  # fmt: skip
+                  "--no-length-balance", *FAST)  # fmt: skip
     assert "length coefficient" in res.stdout and "validation after" in res.stdout, res.stdout
     old = json.loads((root / "politeness" / "v1" / "principle.json").read_text())
     new = json.loads((root / "politeness" / "v1-lc" / "principle.json").read_text())
     coef = new["calibration"]["length_coef"]
-    assert coef != 0.0  # this PM leans on length a little: the correction below is really applied
-    assert old["calibration"]["length_coef"] == 0.0 and coef == new["metrics"]["length_correction"]["length_coef"]
+    assert coef > 0.0  # it leans on length, and the correction takes it out of the served score
+    lc = new["metrics"]["length_correction"]["train"]
+    assert lc["before"]["shorter_better"]["accuracy"] < 0.5 < lc["after"]["shorter_better"]["accuracy"]
+    assert old["calibration"]["length_coef"] == 0.0
+    assert coef == pytest.approx(new["metrics"]["length_correction"]["length_coef"], abs=1e-6)
     assert new["provenance"]["length_correction"]["from_version"] == "v1"
+    assert new["provenance"]["date"] == old["provenance"]["date"] and new["provenance"]["length_correction"]["date"]
     # the coefficient is the criterion's on the training pairs, recomputed here from the package's own data
     scorer = PackageScorer(load_base(str(tiny_encoder_dir)), root)
     scorer.load("politeness")  # the newest version: v1-lc

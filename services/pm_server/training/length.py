@@ -22,6 +22,7 @@ weights; calibration, metrics and provenance updated): `morlaif pm length-correc
 
 from __future__ import annotations
 
+import datetime as dt
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -166,17 +167,17 @@ def length_correct_package(
     *,
     base: str,
     device: str = "auto",
-    dtype: str = "auto",
+    dtype: str = "float32",
     version: str | None = None,
     from_version: str | None = None,
     min_pairs: int = MIN_PAIRS,
     echo: Callable[[str], Any] = print,
 ) -> LengthCorrection:
     """Fit `principle`'s length coefficient on the training pairs of its package `from_version` (default: the newest)
-    under `root` and write the
-    package again as `version` (default: the old version + "-lc"): same weights, the new `Calibration` (mean and
-    std of the corrected raw scores on the validation pairs, as `pm train` computes them), the accuracies in
-    metrics["length_correction"] and provenance["length_correction"].
+    under `root`, scored in `dtype` (float32: as trained), and write the package again as `version` (default: the
+    old version + "-lc"): same weights, the new `Calibration` (mean and std of the corrected raw scores on the
+    validation pairs, as `pm train` computes them), the accuracies in metrics["length_correction"], and in
+    provenance["length_correction"] where it came from (the training's own provenance is kept).
 
     Raises:
         LengthCorrectionError: see `training_pairs` and `fit_length_coef`; the package does not load; `version`
@@ -235,9 +236,9 @@ def length_correct_package(
         "train_pairs": len(train),
         "git_commit": git_commit(),
         "trainer": "morlaif pm length-correct",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
     manifest.provenance["version"] = new_version
-    manifest.provenance.pop("date", None)  # write_manifest stamps this writing's date
     tmp = new_dir.parent / f".{new_version}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
