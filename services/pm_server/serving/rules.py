@@ -82,7 +82,8 @@ DEFAULT_RULES: tuple[LengthRule | RegexRule, ...] = (
     RegexRule(
         name="no_refusal",
         description="1 when the response does not open with a stock refusal, else 0.",
-        pattern=STOCK_REFUSAL_RE.pattern,
+        pattern=STOCK_REFUSAL_RE.pattern,  # rule-2: also "I apologize", "Sorry", "I'm not able", "I'd rather not"
+        version="rule-2",
         match_score=0.0,
         no_match_score=1.0,
         calibration=Calibration(mean=0.5, std=0.5),
