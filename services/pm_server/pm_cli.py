@@ -188,6 +188,8 @@ def train(
 
     if not data and store is None:
         raise _fail("give training data: --data FILE (repeatable) and/or --store URL")
+    if length_correct and pool:
+        raise _fail("--length-correct fits on the pairs of --principle; a --pool package has none of its own")
     try:
         config = TrainConfig(
             base=base,
@@ -429,7 +431,9 @@ def length_correct(
     reply is the shorter one as where it is the longer one. Prints both accuracies before and after, on training
     and on validation pairs; the new version is what a server loading the newest version serves.
 
-        morlaif pm length-correct helpfulness --adapter-root adapters
+        morlaif pm length-correct helpfulness --adapter-root var/adapters
+
+    A package that is already corrected is refused: refit from its source with --from-version.
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     _length_correct(
@@ -514,6 +518,11 @@ def refusal_pairs_command(
 
     if not PRINCIPLE_NAME_RE.match(principle):
         raise typer.BadParameter(f"{principle!r} is not a principle name", param_hint="--principle")
+    inputs = {
+        Path(spec.partition("=")[2] if "=" in spec and not Path(spec).exists() else spec).resolve() for spec in data
+    }
+    if out.resolve() in inputs:
+        raise typer.BadParameter(f"{out} is also an input: it would be overwritten", param_hint="--out")
     try:
         pairs = [p for spec in data for p in read_pairs(spec, default_principle=principle)]
     except PairDataError as e:

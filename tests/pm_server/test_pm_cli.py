@@ -435,7 +435,13 @@ def test_length_correct_writes_a_new_version_that_the_server_serves_corrected(tm
            "--device", "cpu"]  # fmt: skip
     again = morlaif(*cmd, "--from-version", "v1", check=False)
     assert again.returncode == 2 and "v1-lc exists: give another --version" in again.stderr
+    twice = morlaif(*cmd, check=False)  # the newest is v1-lc: correcting a corrected package is refused
+    assert twice.returncode == 2 and "politeness v1-lc is already length-corrected" in twice.stderr
+    assert "--from-version v1" in twice.stderr and not (root / "politeness" / "v1-lc-lc").exists()
+    pooled = morlaif("pm", "train", "--principle", "single_pm", "--pool", "--length-correct", "--data", str(data),
+                     check=False)  # fmt: skip
+    assert pooled.returncode == 2 and "a --pool package has none of its own" in pooled.stderr
     data.write_text(data.read_text() + data.read_text().splitlines(keepends=True)[0])
-    changed = morlaif(*cmd, "--version", "v2", check=False)
+    changed = morlaif(*cmd, "--from-version", "v1", "--version", "v2", check=False)
     assert changed.returncode == 2 and f"{data}: changed since politeness was trained on it" in changed.stderr
     assert "Traceback" not in changed.stderr

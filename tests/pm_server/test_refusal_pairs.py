@@ -62,6 +62,8 @@ def test_the_command_writes_pair_jsonl_that_training_reads_and_says_what_is_wron
     ]
     bad = run(str(src), "--prefer", "maybe", "--out", str(out))
     assert bad.returncode == 2 and "expected answer or refusal" in bad.stderr
+    bad = run(str(src), "--prefer", "answer", "--out", str(src))
+    assert bad.returncode == 2 and "is also an input" in bad.stderr and len(src.read_text().splitlines()) == 3
     bad = run(str(src), "--prefer", "answer", "--out", str(tmp_path / "x.txt"))
     assert bad.returncode == 2 and "name it *.jsonl" in bad.stderr
     (tmp_path / "broken.jsonl").write_text('{"prompt": "a", "chosen": "b"}\n')

@@ -180,14 +180,21 @@ def length_correct_package(
     provenance["length_correction"] where it came from (the training's own provenance is kept).
 
     Raises:
-        LengthCorrectionError: see `training_pairs` and `fit_length_coef`; the package does not load; `version`
-            is invalid or exists.
+        LengthCorrectionError: see `training_pairs` and `fit_length_coef`; the package does not load or is already
+            length-corrected; `version` is invalid or exists.
     """
     try:
         scorer = PackageScorer(load_base(base, device=device, dtype=dtype), root)
         pkg = scorer.load(principle, from_version)
     except (PackageError, OSError, ValueError) as e:
         raise LengthCorrectionError(f"{principle}: {e}") from None
+    done = pkg.manifest.calibration.length_coef
+    if done != 0.0:
+        source = (pkg.manifest.provenance.get("length_correction") or {}).get("from_version", "its source")
+        raise LengthCorrectionError(
+            f"{principle} {pkg.version} is already length-corrected (coefficient {done:+.4f}, from {source}): "
+            f"to refit, correct the uncorrected package: --from-version {source} --version NEW"
+        )
     new_version = version or f"{pkg.version}-lc"
     if not VERSION_RE.match(new_version):
         raise LengthCorrectionError(f"--version {new_version!r} is not a version name (letters, digits, ., _, -)")
