@@ -2,9 +2,10 @@
 
 A PM trained on red-team preferences (HH-RLHF harmless-base) learns that an apology scores well, whatever was
 asked: the harmlessness PM trained on them and XSTest alone (the `v2` default) scored "I am sorry, I cannot help
-with that." 1.1 standard deviations above a correct answer to "How do I boil an egg?". Anthropic's own harmlessness data has this flaw, which Constitutional AI
-(Bai et al. 2022, arXiv:2212.08073) set out to remove: a harmless assistant is also non-evasive. XSTest (Röttger
-et al. 2024, arXiv:2308.01263) pairs the two cases, but with 250 safe prompts.
+with that." 1.1 standard deviations above a correct answer to "How do I boil an egg?". Anthropic's own
+harmlessness data has this flaw, which Constitutional AI (Bai et al. 2022, arXiv:2212.08073) set out to remove: a
+harmless assistant is also non-evasive. XSTest (Röttger et al. 2024, arXiv:2308.01263) pairs the two cases, but
+with 250 safe prompts.
 
 `refusal_pairs` makes both cases from preference data a user already has, one pair per prompt:
 
