@@ -45,14 +45,11 @@ def _int8(model: torch.nn.Module) -> torch.nn.Module:
 def accuracy_check(base_name: str, root: Path, principle: str, limit: int) -> dict:
     """Pair accuracy of `principle`'s package on its validation pairs, fp32 and int8."""
     from pm_server.training.evaluation import PackageScorer, accuracy
-    from pm_server.training.pairs import DataSpec, read_pairs, split_by_prompt
+    from pm_server.training.pairs import package_pairs
 
     scorer = PackageScorer(load_base(base_name), root)
     pkg = scorer.load(principle)
-    prov = pkg.manifest.provenance
-    files = [DataSpec(Path(d["file"]), d.get("principle")) for d in prov["data"] if "file" in d]  # as pm train did
-    pairs = [p for f in files for p in read_pairs(f, default_principle=principle) if p.principle == principle]
-    _, val = split_by_prompt(pairs, prov["split"]["val_fraction"], salt=prov["split"]["salt"])
+    _, val = package_pairs(pkg.manifest.provenance, principle)  # as pm train read and split them
     val = val[:limit]
     fp32 = scorer.pair_scores(principle, val)
     scorer.engine._model = _int8(scorer.engine._model)  # the engine's PEFT model, every Linear in int8

@@ -21,8 +21,8 @@ from pm_server.model.base import load_base
 from pm_server.serving.api import create_app
 from pm_server.serving.config import ServerSettings
 from pm_server.training.evaluation import PackageScorer, labelled_margins
-from pm_server.training.length import fit_length_coef, training_pairs
-from pm_server.training.pairs import Pair, split_by_prompt
+from pm_server.training.length import fit_length_coef
+from pm_server.training.pairs import Pair, package_pairs, split_by_prompt
 from rigs.pm_packages import politeness_pairs, sentence
 
 ADMIN_KEY = "admin-key-0123456789"
@@ -411,7 +411,7 @@ def test_length_correct_writes_a_new_version_that_the_server_serves_corrected(tm
     # the coefficient is the criterion's on the training pairs, recomputed here from the package's own data
     scorer = PackageScorer(load_base(str(tiny_encoder_dir)), root)
     scorer.load("politeness")  # the newest version: v1-lc
-    train, val = training_pairs(new["provenance"], "politeness")
+    train, val = package_pairs(new["provenance"], "politeness")
     raw = scorer.pair_scores("politeness", train, normalized=False)
     d = torch.tensor([length_feature(p.chosen) - length_feature(p.rejected) for p in train], dtype=torch.float64)
     assert fit_length_coef(labelled_margins(raw, train), d, min_pairs=10) == pytest.approx(coef, abs=1e-6)

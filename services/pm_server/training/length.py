@@ -42,7 +42,7 @@ from pm_server.model.package import (
     write_manifest,
 )
 from pm_server.training.evaluation import Accuracy, PackageScorer, labelled_margins
-from pm_server.training.pairs import DataSpec, Pair, PairDataError, file_sha256, read_pairs, split_by_prompt
+from pm_server.training.pairs import Pair, PairDataError, package_pairs
 from pm_server.training.trainer import calibrate
 
 __all__ = ["LengthCorrection", "LengthCorrectionError", "fit_length_coef", "length_correct_package", "side_accuracy"]
@@ -127,40 +127,6 @@ class LengthCorrection:
         }
 
 
-def training_pairs(provenance: dict[str, Any], principle: str) -> tuple[list[Pair], list[Pair]]:
-    """(train, validation) pairs of a package, rebuilt from its provenance as `pm train` read and split them (with
-    `pm train --limit`, "train" is every pair outside the validation split, not only the sample it trained on).
-
-    Raises:
-        LengthCorrectionError: the package records no data files or split, trained on a label store, or a data
-            file is missing or changed since (its sha256 differs).
-    """
-    data, split = provenance.get("data") or [], provenance.get("split") or {}
-    if not data or "val_fraction" not in split:
-        raise LengthCorrectionError(f"package {principle} records no training data files or split in its provenance")
-    pairs: list[Pair] = []
-    for d in data:
-        if "file" not in d:
-            raise LengthCorrectionError(
-                f"package {principle} was trained on label-store labels ({d}); only data files can be re-read"
-            )
-        path = Path(d["file"])
-        if not path.is_file():
-            raise LengthCorrectionError(f"{path}: training data file of {principle} is missing (run from where it is)")
-        if d.get("sha256") and file_sha256(path) != d["sha256"]:
-            raise LengthCorrectionError(f"{path}: changed since {principle} was trained on it (sha256 differs)")
-        try:
-            pairs += read_pairs(DataSpec(path, d.get("principle")), default_principle=principle)
-        except PairDataError as e:
-            raise LengthCorrectionError(str(e)) from None
-    pairs = [p for p in pairs if p.principle == principle]
-    if not pairs:
-        raise LengthCorrectionError(
-            f"no {principle} pairs in the training files of package {principle} (a --pool package has none)"
-        )
-    return split_by_prompt(pairs, split["val_fraction"], salt=split.get("salt", ""))
-
-
 def length_correct_package(
     root: Path,
     principle: str,
@@ -180,7 +146,7 @@ def length_correct_package(
     provenance["length_correction"] where it came from (the training's own provenance is kept).
 
     Raises:
-        LengthCorrectionError: see `training_pairs` and `fit_length_coef`; the package does not load or is already
+        LengthCorrectionError: see `pairs.package_pairs` and `fit_length_coef`; the package does not load or is already
             length-corrected; `version` is invalid or exists.
     """
     try:
@@ -201,7 +167,10 @@ def length_correct_package(
     new_dir = pkg.path.parent / new_version
     if new_dir.exists():
         raise LengthCorrectionError(f"{new_dir} exists: give another --version")
-    train, val = training_pairs(pkg.manifest.provenance, principle)
+    try:
+        train, val = package_pairs(pkg.manifest.provenance, principle)
+    except PairDataError as e:
+        raise LengthCorrectionError(str(e)) from None
     if not val:
         raise LengthCorrectionError(f"package {principle} has no validation pairs to calibrate on")
     echo(f"{principle} {pkg.version}: scoring {len(train)} training and {len(val)} validation pairs")

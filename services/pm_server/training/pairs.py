@@ -38,6 +38,7 @@ __all__ = [
     "Pair",
     "PairDataError",
     "file_sha256",
+    "package_pairs",
     "parse_spec",
     "pair_bucket",
     "prompt_bucket",
@@ -225,6 +226,38 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def package_pairs(provenance: dict[str, Any], principle: str) -> tuple[list[Pair], list[Pair]]:
+    """(train, validation) pairs of a package, rebuilt from its provenance as `pm train` read and split them (with
+    `pm train --limit`, "train" is every pair outside the validation split, not only the sample it trained on).
+
+    Raises:
+        PairDataError: the package records no data files or split, trained on a label store, a data file is
+            missing or changed since (its sha256 differs) or unreadable, or holds no pair of `principle` (a pooled
+            package's).
+    """
+    data, split = provenance.get("data") or [], provenance.get("split") or {}
+    if not data or "val_fraction" not in split:
+        raise PairDataError(f"package {principle} records no training data files or split in its provenance")
+    pairs: list[Pair] = []
+    for d in data:
+        if "file" not in d:
+            raise PairDataError(
+                f"package {principle} was trained on label-store labels ({d}); only data files can be re-read"
+            )
+        path = Path(d["file"])
+        if not path.is_file():
+            raise PairDataError(f"{path}: training data file of {principle} is missing (run from where it is)")
+        if d.get("sha256") and file_sha256(path) != d["sha256"]:
+            raise PairDataError(f"{path}: changed since {principle} was trained on it (sha256 differs)")
+        pairs += read_pairs(DataSpec(path, d.get("principle")), default_principle=principle)
+    pairs = [p for p in pairs if p.principle == principle]
+    if not pairs:
+        raise PairDataError(
+            f"no {principle} pairs in the training files of package {principle} (a --pool package has none)"
+        )
+    return split_by_prompt(pairs, split["val_fraction"], salt=split.get("salt", ""))
 
 
 def load_pairs(
